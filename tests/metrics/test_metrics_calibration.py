@@ -1,0 +1,63 @@
+"""Calibration metrics against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+
+from umema_jax.metrics import aurc, brier, ece, nll, reliability_table, risk_coverage
+
+# confidences .95 (right), .85 (wrong), .72 (right), .62 (right)
+PROBS = np.array([[0.95, 0.05], [0.85, 0.15], [0.28, 0.72], [0.38, 0.62]])
+LABELS = np.array([0, 1, 1, 1])
+
+
+def test_ece_equal_width():
+    # 10 bins: each example alone in its bin -> mean |acc - conf|
+    assert ece(PROBS, LABELS, n_bins=10) == pytest.approx((0.05 + 0.85 + 0.28 + 0.38) / 4)
+    # 2 bins: all in (0.5, 1]: acc 0.75, mean conf 0.785
+    assert ece(PROBS, LABELS, n_bins=2) == pytest.approx(0.035)
+    # 15 bins is the default; .62/.72 share no bin, so it equals the 10-bin value here
+    assert ece(PROBS, LABELS) == pytest.approx(0.39)
+
+
+def test_ece_equal_mass():
+    # sorted [.62 .72 | .85 .95]: |1 - .67| * 2 + |.5 - .9| * 2, over 4
+    assert ece(PROBS, LABELS, n_bins=2, strategy="quantile") == pytest.approx((0.66 + 0.8) / 4)
+
+
+def test_bin_edges_are_right_closed():
+    p = np.array([[0.5, 0.5], [0.4, 0.6]])   # conf 0.5 -> bin (0.4, 0.5], conf 0.6 -> (0.5, 0.6]
+    rows = reliability_table(p, np.array([0, 1]), n_bins=10)
+    assert rows[4]["count"] == 1 and rows[5]["count"] == 1
+
+
+def test_nll_and_brier():
+    assert nll(PROBS, LABELS) == pytest.approx(-np.mean(np.log([0.95, 0.15, 0.72, 0.62])))
+    assert brier(PROBS, LABELS) == pytest.approx((0.005 + 1.445 + 0.1568 + 0.2888) / 4)
+    assert nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-math.log(1e-12))
+    assert brier(np.array([[1.0, 0.0, 0.0]]), np.array([2])) == pytest.approx(2.0)
+
+
+def test_reliability_table():
+    rows = reliability_table(PROBS, LABELS, n_bins=2)
+    assert [r["count"] for r in rows] == [0, 4]
+    assert rows[0]["accuracy"] is None and rows[0]["lo"] == 0.0 and rows[0]["hi"] == 0.5
+    assert rows[1]["accuracy"] == pytest.approx(0.75) and rows[1]["confidence"] == pytest.approx(0.785)
+
+
+def test_risk_coverage_and_aurc():
+    cov, risk = risk_coverage(PROBS, LABELS)
+    assert cov.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert risk == pytest.approx([0.0, 0.5, 1 / 3, 0.25])
+    assert aurc(PROBS, LABELS) == pytest.approx((0 + 0.5 + 1 / 3 + 0.25) / 4)
+    # a confidence that ranks the error last gives the lowest possible area
+    assert aurc(PROBS, LABELS, confidence=[4, 1, 3, 2]) == pytest.approx((0 + 0 + 0 + 0.25) / 4)
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="filter ignored positions"):
+        ece(PROBS, np.array([0, 1, 1, -100]))
+    with pytest.raises(ValueError, match="probs must be"):
+        ece(PROBS[0], LABELS[:1])
+    with pytest.raises(ValueError, match="strategy"):
+        ece(PROBS, LABELS, strategy="adaptive")
