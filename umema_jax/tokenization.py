@@ -21,6 +21,8 @@ from transformers import PreTrainedTokenizerFast
 from umema_jax.weights.builtin import resolve_builtin
 
 _GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# Random-weight test backbones (backbones/config.py) use these real tokenizers.
+_TINY_TOKENIZERS = {"gpt2-tiny": "gpt2", "llama-tiny": "smollm2-135m"}
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,11 +46,35 @@ def _ensure_pad(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     return tok
 
 
+def _gguf_tokenizer_metadata(path: str) -> tuple[str, dict, dict]:
+    """What transformers' `get_gguf_tokenizer` returns, read with the `gguf` package.
+
+    transformers' own GGUF metadata reader imports torch, which this project never loads.
+    """
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (GGUF_TOKENIZER_MAPPING,
+                                                                        _SPECIAL_TOKENS)
+    from umema_jax.weights.gguf_io import gguf_reader
+    reader = gguf_reader(path)
+    metadata = {}
+    for key, field in reader.fields.items():
+        if key.startswith(("tokenizer.", "general.architecture")):
+            metadata[key] = field.contents()
+    grouped = {group: {name: metadata[f"tokenizer.{key}"] for key, name in renames.items()
+                       if f"tokenizer.{key}" in metadata}
+               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    tokenizer, tokenizer_config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer.get("tokenizer_type") == "llama":
+        tokenizer_config.setdefault("add_bos_token", True)
+    for name, key in _SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        tokenizer_config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
+    return metadata["general.architecture"], tokenizer, tokenizer_config
+
+
 def tokenizer_from_gguf(path: str) -> PreTrainedTokenizerFast:
     """Rebuilds the HF fast tokenizer described by a GGUF file's metadata."""
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        convert_gguf_tokenizer, get_gguf_tokenizer)
-    architecture, tokenizer_dict, special = get_gguf_tokenizer(path)
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    architecture, tokenizer_dict, special = _gguf_tokenizer_metadata(path)
     backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
     kwargs = {k: v for k, v in {**special, **extra}.items()
               if k in ("bos_token", "eos_token", "unk_token", "pad_token", "chat_template")}
@@ -67,6 +93,7 @@ def gpt2_tokenizer_from_files(folder: str) -> PreTrainedTokenizerFast:
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     """Tokenizer for a built-in name, GGUF file, HF directory or hub id (pad token always set)."""
+    name_or_path = _TINY_TOKENIZERS.get(name_or_path, name_or_path)
     builtin = resolve_builtin(name_or_path)
     if builtin is not None:
         name_or_path = builtin

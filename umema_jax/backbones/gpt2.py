@@ -1,0 +1,87 @@
+"""GPT-2 (HF parameter names, Conv1D kernels stored `[in,out]`, fused qkv `c_attn`), layers scanned."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from umema_jax.backbones.config import BackboneConfig
+from umema_jax.backbones.layers import Dense, LayerNorm, attention, attention_mask_4d, positions_from_mask
+from umema_jax.backbones.output import BackboneOutput
+
+
+class GPT2Attention(nn.Module):
+    cfg: BackboneConfig
+    dense: Any
+
+    @nn.compact
+    def __call__(self, x, mask):
+        cfg = self.cfg
+        b, n, d = x.shape
+        qkv = self.dense(3 * d, name="c_attn")(x)
+        q, k, v = jnp.split(qkv.reshape(b, n, 3, cfg.num_heads, cfg.head_dim), 3, axis=2)
+        out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask, qkv.dtype)
+        return self.dense(d, name="c_proj")(out)
+
+
+class GPT2MLP(nn.Module):
+    cfg: BackboneConfig
+    dense: Any
+
+    @nn.compact
+    def __call__(self, x):
+        h = self.dense(self.cfg.intermediate_size, name="c_fc")(x)
+        return self.dense(self.cfg.hidden_size, name="c_proj")(jax.nn.gelu(h, approximate=True))
+
+
+class GPT2Block(nn.Module):
+    """Pre-LN transformer block; a scan body: (h, mask) -> (h, h or None)."""
+    cfg: BackboneConfig
+    dtype: Any
+    lora_scale: float | None
+    lora_dropout: float
+    deterministic: bool
+    collect: bool
+
+    @nn.compact
+    def __call__(self, h, mask):
+        def dense(features, name):
+            return Dense(features, True, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
+                         name=name)
+        eps = self.cfg.norm_eps
+        h = h + GPT2Attention(self.cfg, dense, name="attn")(LayerNorm(eps, self.dtype, name="ln_1")(h), mask)
+        h = h + GPT2MLP(self.cfg, dense, name="mlp")(LayerNorm(eps, self.dtype, name="ln_2")(h))
+        return h, (h if self.collect else None)
+
+
+class GPT2Backbone(nn.Module):
+    cfg: BackboneConfig
+    dtype: Any = jnp.float32
+    lora_scale: float | None = None
+    lora_dropout: float = 0.0
+    remat: bool = False            # recompute each layer in the backward pass (less activation memory)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
+                 compute_logits=False):
+        cfg = self.cfg
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        wte = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
+                       param_dtype=jnp.float32, dtype=self.dtype, name="wte")
+        wpe = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=nn.initializers.normal(0.01),
+                       param_dtype=jnp.float32, dtype=self.dtype, name="wpe")
+        pos = positions_from_mask(attention_mask)
+        emb = wte(input_ids) + wpe(pos)
+        mask = attention_mask_4d(attention_mask)
+        body = nn.remat(GPT2Block, prevent_cse=False) if self.remat else GPT2Block
+        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0},
+                         split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                         length=cfg.num_layers)
+        h, hs = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
+                       output_hidden_states, name="h")(emb, mask)
+        last = LayerNorm(cfg.norm_eps, self.dtype, name="ln_f")(h)
+        logits = wte.attend(last).astype(jnp.float32) if compute_logits else None
+        return BackboneOutput(emb, hs, last, logits)

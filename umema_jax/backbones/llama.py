@@ -1,0 +1,97 @@
+"""LLaMA / SmolLM2 (HF parameter names, kernels `[in,out]`, GQA, RoPE with llama3 scaling), layers scanned."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from umema_jax.backbones.config import BackboneConfig
+from umema_jax.backbones.layers import (Dense, RMSNorm, apply_rope, attention, attention_mask_4d,
+                                        positions_from_mask, rope_cos_sin, rope_inv_freq)
+from umema_jax.backbones.output import BackboneOutput
+
+
+class LlamaAttention(nn.Module):
+    cfg: BackboneConfig
+    dense: Any
+
+    @nn.compact
+    def __call__(self, x, mask, cos, sin):
+        cfg = self.cfg
+        b, n, _ = x.shape
+        hd = cfg.head_dim
+        q = self.dense(cfg.num_heads * hd, "q_proj")(x).reshape(b, n, cfg.num_heads, hd)
+        k = self.dense(cfg.num_kv_heads * hd, "k_proj")(x).reshape(b, n, cfg.num_kv_heads, hd)
+        v = self.dense(cfg.num_kv_heads * hd, "v_proj")(x).reshape(b, n, cfg.num_kv_heads, hd)
+        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask, q.dtype)
+        return self.dense(cfg.hidden_size, "o_proj")(out)
+
+
+class LlamaMLP(nn.Module):
+    cfg: BackboneConfig
+    dense: Any
+
+    @nn.compact
+    def __call__(self, x):
+        g = self.dense(self.cfg.intermediate_size, "gate_proj")(x)
+        u = self.dense(self.cfg.intermediate_size, "up_proj")(x)
+        return self.dense(self.cfg.hidden_size, "down_proj")(jax.nn.silu(g) * u)
+
+
+class LlamaBlock(nn.Module):
+    """Pre-RMSNorm block; a scan body: (h, mask, cos, sin) -> (h, h or None)."""
+    cfg: BackboneConfig
+    dtype: Any
+    lora_scale: float | None
+    lora_dropout: float
+    deterministic: bool
+    collect: bool
+
+    @nn.compact
+    def __call__(self, h, mask, cos, sin):
+        def dense(features, name):
+            return Dense(features, False, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
+                         name=name)
+        eps = self.cfg.norm_eps
+        h = h + LlamaAttention(self.cfg, dense, name="self_attn")(
+            RMSNorm(eps, self.dtype, name="input_layernorm")(h), mask, cos, sin)
+        h = h + LlamaMLP(self.cfg, dense, name="mlp")(RMSNorm(eps, self.dtype, name="post_attention_layernorm")(h))
+        return h, (h if self.collect else None)
+
+
+class LlamaBackbone(nn.Module):
+    cfg: BackboneConfig
+    dtype: Any = jnp.float32
+    lora_scale: float | None = None
+    lora_dropout: float = 0.0
+    remat: bool = False            # recompute each layer in the backward pass (less activation memory)
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
+                 compute_logits=False):
+        cfg = self.cfg
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
+                         param_dtype=jnp.float32, dtype=self.dtype, name="embed_tokens")
+        emb = embed(input_ids)
+        pos = positions_from_mask(attention_mask)
+        cos, sin = rope_cos_sin(pos, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
+        mask = attention_mask_4d(attention_mask)
+        body = nn.remat(LlamaBlock, prevent_cse=False) if self.remat else LlamaBlock
+        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0},
+                         split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                         length=cfg.num_layers)
+        h, hs = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
+                       output_hidden_states, name="layers")(emb, mask, cos, sin)
+        last = RMSNorm(cfg.norm_eps, self.dtype, name="norm")(h)
+        logits = None
+        if compute_logits:
+            if cfg.tie_word_embeddings:
+                logits = embed.attend(last)
+            else:
+                logits = Dense(cfg.vocab_size, False, self.dtype, name="lm_head")(last)
+            logits = logits.astype(jnp.float32)
+        return BackboneOutput(emb, hs, last, logits)
