@@ -1,0 +1,261 @@
+"""UmemaModel: frozen backbone + LoRA + UM + EMA + task head (docs/CONTRACTS.md, METHOD.md).
+
+One config key (`method`) selects the ablation:
+  lora      backbone+LoRA, pooled summary, head
+  lora+um   + UM branch (confidence-weighted summary, calibration temperature T)
+  lora+ema  + EMA bank (ū = 0, M_U left out of the query), T = 1
+  full      LoRA + UM + EMA (the paper's method; not full fine-tuning, which is
+            `train.trainable_regex='.*'`)
+
+Variables: `params` {backbone, head, um, ema}, `lora` {backbone: <init_lora tree>},
+`memory` {keys [J,d], values [J,d], pointer []} (EMA variants only).
+
+Step 0: W_r = 0, γ = 0, w_u = w_λ = 0 (so q ≡ 1/2 and λ is uniform), hence the
+summary fed to the head and the *raw* logits of every variant equal the plain
+LoRA model's at initialisation (exactly for last-token pooling and NER, up to
+float rounding for mean pooling). The UM temperature starts at
+T = 1 + softplus(-4)(1 + ū) ≈ 1.02–1.04, so calibrated logits = raw / T differ
+by that factor; tests/test_model.py checks both statements.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from umema_jax.backbones import BackboneConfig, build_backbone, get_backbone_config
+from umema_jax.memory.bank import confidence_weighted_entry, write_bank
+from umema_jax.memory.fusion import EMAConfig, MemoryFusion
+from umema_jax.uncertainty.um import UMConfig, UncertaintyModule, last_valid_token, masked_mean
+
+METHODS = {"lora": (False, False), "lora+um": (True, False), "lora+ema": (False, True), "full": (True, True)}
+TASK_TYPES = ("cls", "ner")
+POOLINGS = ("last", "mean")
+
+
+@struct.dataclass
+class ModelOutput:
+    """logits = raw_logits / temperature ([B,C] cls, [B,n,C] ner); temperature [B] or [B,n]
+    (ones without UM). aux: per-example (cls) or per-token (ner) arrays:
+    `u_ale`, `u_epi`, `u_bar`, `temperature` with UM; `memory_top_indices`,
+    `memory_top_weights` ([..., 3]) with EMA."""
+    logits: jax.Array
+    raw_logits: jax.Array
+    temperature: jax.Array
+    aux: dict
+
+
+def method_flags(method: str) -> tuple[bool, bool]:
+    """(use_um, use_ema) for a method name."""
+    if method not in METHODS:
+        raise ValueError(f"model.method must be one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method]
+
+
+class UmemaModel(nn.Module):
+    """Call: `model.apply(variables, batch, train=False, rngs={'dropout': k}, mutable=['memory'])`.
+
+    batch: `input_ids [B,n]`, `attention_mask [B,n]` (1 = real token), optional
+    `example_mask [B]` (0 = padding row; default ones), `task_id [B]` (default 0);
+    other keys (labels, ...) are ignored. The bank is written once per call
+    when `train=True` and `memory` is mutable; otherwise it is only read.
+    """
+    backbone_cfg: BackboneConfig
+    lora_cfg: Any = None                 # adapters.lora.LoraConfig | None
+    method: str = "full"
+    task_type: str = "cls"
+    num_labels: int = 2
+    pooling: str = "last"
+    um_cfg: UMConfig = UMConfig()
+    ema_cfg: EMAConfig = EMAConfig()
+    dtype: Any = jnp.float32
+    remat: bool = False                  # rematerialise backbone layers in the backward pass
+
+    def setup(self):
+        use_um, use_ema = method_flags(self.method)
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        kwargs = {"remat": True} if self.remat else {}
+        self.backbone = build_backbone(self.backbone_cfg, lora=self.lora_cfg, dtype=self.dtype, **kwargs)
+        if use_um:
+            self.um = UncertaintyModule(self.um_cfg, pooling="token" if self.task_type == "ner" else self.pooling)
+        if use_ema:
+            self.ema = MemoryFusion(self.ema_cfg)
+            shape = (self.ema_cfg.slots, self.backbone_cfg.hidden_size)
+            xavier = nn.initializers.xavier_uniform()
+            self.bank_keys = self.variable("memory", "keys", lambda: xavier(self.make_rng("params"), shape))
+            self.bank_values = self.variable("memory", "values", lambda: xavier(self.make_rng("params"), shape))
+            self.bank_pointer = self.variable("memory", "pointer", lambda: jnp.zeros((), jnp.int32))
+        self.head = nn.Dense(self.num_labels, kernel_init=nn.initializers.normal(0.02),
+                             dtype=jnp.float32, param_dtype=jnp.float32)
+
+    def __call__(self, batch: Mapping[str, Any], train: bool = False) -> ModelOutput:
+        use_um, use_ema = method_flags(self.method)
+        ner = self.task_type == "ner"
+        input_ids = jnp.asarray(batch["input_ids"]).astype(jnp.int32)
+        bsz, _ = input_ids.shape
+        mask = batch.get("attention_mask")
+        mask = jnp.ones_like(input_ids) if mask is None else jnp.asarray(mask).astype(jnp.int32)
+        example_mask = batch.get("example_mask")
+        example_mask = jnp.ones((bsz,), jnp.float32) if example_mask is None else \
+            jnp.asarray(example_mask).astype(jnp.float32)
+        task_id = batch.get("task_id")
+        task_id = jnp.zeros((bsz,), jnp.int32) if task_id is None else jnp.asarray(task_id).astype(jnp.int32)
+        mask_f = mask.astype(jnp.float32)
+
+        out = self.backbone(input_ids, mask, deterministic=not train, output_hidden_states=use_um,
+                            compute_logits=False)
+        hidden = out.last_hidden_state.astype(jnp.float32)
+        aux: dict = {}
+
+        if use_um:
+            um = self.um(out.embeddings, out.hidden_states, hidden, mask, task_id)
+            rep, m_u = um.representation, um.memory_embedding
+            if ner:
+                u_bar, temperature = um.token_u_bar, um.token_temperature
+                aux.update(u_ale=um.token_u_ale, u_epi=um.token_u_epi)
+            else:
+                u_bar, temperature = um.u_bar, um.temperature
+                aux.update(u_ale=um.u_ale, u_epi=um.u_epi)
+            aux.update(u_bar=u_bar, temperature=temperature)
+        else:
+            if ner:
+                rep = hidden
+            elif self.pooling == "mean":
+                rep = masked_mean(hidden, mask_f)
+            else:
+                rep = last_valid_token(hidden, mask_f)
+            m_u, u_bar = None, None
+            temperature = jnp.ones(rep.shape[:-1], jnp.float32)
+
+        if use_ema:
+            bank = {"keys": self.bank_keys.value, "values": self.bank_values.value,
+                    "pointer": self.bank_pointer.value}
+            fusion = self.ema(rep, bank, m_u, u_bar)
+            rep = fusion.fused
+            aux.update(memory_top_indices=fusion.top_indices, memory_top_weights=fusion.top_weights)
+            if train and self.is_mutable_collection("memory"):
+                # NER: token-level confidence-weighted mean over valid tokens of real rows.
+                weight_mask = example_mask[:, None] * mask_f if ner else example_mask
+                conf = jnp.zeros(rep.shape[:-1], jnp.float32) if u_bar is None else u_bar
+                entry = confidence_weighted_entry(rep, conf, weight_mask, self.ema_cfg.axis_name)
+                total = jnp.sum(weight_mask)
+                if self.ema_cfg.axis_name is not None:
+                    total = jax.lax.psum(total, self.ema_cfg.axis_name)
+                new_bank = write_bank(bank, entry, enabled=total > 0)
+                self.bank_keys.value = new_bank["keys"]
+                self.bank_values.value = new_bank["values"]
+                self.bank_pointer.value = new_bank["pointer"]
+
+        raw_logits = self.head(rep)
+        logits = raw_logits / temperature[..., None]
+        return ModelOutput(logits=logits, raw_logits=raw_logits, temperature=temperature, aux=aux)
+
+
+def dummy_batch(batch_shape: tuple[int, int]) -> dict:
+    """A right-padded int32 batch of the given (B, n), used for initialisation and shape checks."""
+    bsz, n = batch_shape
+    mask = jnp.ones((bsz, n), jnp.int32)
+    return {"input_ids": jnp.zeros((bsz, n), jnp.int32), "attention_mask": mask,
+            "example_mask": jnp.ones((bsz,), jnp.int32), "task_id": jnp.zeros((bsz,), jnp.int32)}
+
+
+def init_variables(model: UmemaModel, rng: jax.Array, batch_shape: tuple[int, int] = (2, 8),
+                   backbone_params: dict | None = None) -> dict:
+    """{'params', 'lora' (if model.lora_cfg), 'memory' (EMA variants)}.
+
+    The same rng gives the same backbone, head, UM/EMA and LoRA factors for every
+    `method`, so variants can be compared at step 0. LoRA factors come from
+    `adapters.lora.init_lora` (B = 0) and sit under `lora/backbone/...`.
+    With `backbone_params` (e.g. loaded weights) the backbone is not randomly
+    initialised at all — only the missing head/um/ema params and the bank are
+    created (Flax lazy init), so an 8B backbone is never materialised twice.
+    """
+    param_rng, lora_rng = jax.random.split(rng)
+    batch = dummy_batch(batch_shape)
+    if backbone_params is None:
+        variables = dict(jax.jit(lambda r, b: model.init({"params": r, "dropout": r}, b, train=False))(
+            param_rng, batch))
+    else:
+        def create(r, bb, b):
+            _, created = model.apply({"params": {"backbone": bb}}, b, train=False,
+                                     rngs={"params": r, "dropout": r}, mutable=["params", "memory"])
+            return created
+        variables = dict(jax.jit(create)(param_rng, backbone_params, batch))
+        variables["params"] = dict(variables["params"], backbone=backbone_params)
+    if model.lora_cfg is not None:
+        from umema_jax.adapters.lora import init_lora
+        variables["lora"] = {"backbone": init_lora(lora_rng, variables["params"]["backbone"], model.lora_cfg,
+                                                   model.backbone_cfg.arch)}
+    return variables
+
+
+def _get(section, key, default):
+    return section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+
+
+def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel:
+    """UmemaModel from the root ConfigDict.
+
+    Reads `model.name` (→ `get_backbone_config`, unless `backbone_cfg` is given,
+    e.g. from a weight loader), `model.method`, `model.pooling`,
+    `model.lora.{rank,alpha,dropout,target_regex}` ('' = arch default),
+    `model.um.*` → UMConfig fields (d_u, quant_levels, layers, num_tasks, ...),
+    `model.ema.*` → EMAConfig fields (slots, tau0, d_u, top_k, axis_name),
+    `model.dtype` ('float32' | 'bfloat16'), optional `model.remat` (bool, default
+    False), `task.type` ('cls' | 'ner'), `task.num_labels`.
+    """
+    from umema_jax.adapters.lora import LoraConfig
+    m = config.model
+    if backbone_cfg is None:
+        backbone_cfg = get_backbone_config(m.name)
+    lora_section = _get(m, "lora", None)
+    lora_cfg = None
+    if lora_section is not None:
+        target = _get(lora_section, "target_regex", None) or None
+        lora_cfg = LoraConfig(rank=int(_get(lora_section, "rank", 8)), alpha=_get(lora_section, "alpha", None),
+                              dropout=float(_get(lora_section, "dropout", 0.0)), target_regex=target)
+    um_kwargs = dict(_get(m, "um", {}) or {})
+    if um_kwargs.get("layers") is not None:
+        um_kwargs["layers"] = tuple(int(i) for i in um_kwargs["layers"])
+    ema_kwargs = dict(_get(m, "ema", {}) or {})
+    return UmemaModel(
+        backbone_cfg=backbone_cfg, lora_cfg=lora_cfg, method=str(m.method),
+        task_type=str(config.task.type), num_labels=int(config.task.num_labels),
+        pooling=str(_get(m, "pooling", "last")), um_cfg=UMConfig(**um_kwargs), ema_cfg=EMAConfig(**ema_kwargs),
+        dtype=jnp.dtype(str(_get(m, "dtype", "float32"))), remat=bool(_get(m, "remat", False)))
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+def extra_param_counts(backbone_name_or_cfg, method: str = "full", task_type: str = "cls",
+                       num_labels: int = 2, um_cfg: UMConfig = UMConfig(),
+                       ema_cfg: EMAConfig = EMAConfig()) -> dict:
+    """Parameter counts from shapes only (`jax.eval_shape`, no weights materialised):
+    {'backbone', 'um', 'ema', 'head', 'memory'(buffer elements, not params)}."""
+    cfg = get_backbone_config(backbone_name_or_cfg) if isinstance(backbone_name_or_cfg, str) \
+        else backbone_name_or_cfg
+    model = UmemaModel(backbone_cfg=cfg, method=method, task_type=task_type, num_labels=num_labels,
+                       um_cfg=um_cfg, ema_cfg=ema_cfg)
+    batch = dummy_batch((1, 4))
+    shapes = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, batch, train=False),
+                            jax.random.PRNGKey(0))
+    params = shapes["params"]
+    # The backbone with its LM head (an untied lm_head is only created when logits are computed).
+    backbone = build_backbone(cfg)
+    backbone_shapes = jax.eval_shape(lambda r: backbone.init(r, batch["input_ids"], compute_logits=True),
+                                     jax.random.PRNGKey(0))
+    return {"backbone": count_params(backbone_shapes["params"]), "um": count_params(params.get("um", {})),
+            "ema": count_params(params.get("ema", {})), "head": count_params(params["head"]),
+            "memory": count_params(shapes.get("memory", {}))}
+
+
+__all__ = ["METHODS", "ModelOutput", "UmemaModel", "count_params", "dummy_batch", "extra_param_counts",
+           "init_variables", "make_model", "method_flags"]
