@@ -1,0 +1,86 @@
+"""Defaults shared by every experiment config (paper settings marked "paper").
+
+Each `configs/<task>.py` calls `base_config()` and changes only what differs, so
+a key means the same thing in every experiment and `--config.a.b=v` works the
+same everywhere. Every key is validated in `umema_jax/train/validate.py`
+before any compute.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def default_data_dir() -> str:
+    """`$UMEMA_DATA_DIR`, else `../shared/data` next to the checkout, else '' (= the hub)."""
+    from_env = os.environ.get("UMEMA_DATA_DIR", "")
+    if from_env:
+        return from_env
+    beside = os.path.abspath(os.path.join(_REPO_ROOT, "..", "shared", "data"))
+    return beside if os.path.isdir(beside) else ""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "smollm2-135m"        # built-in GGUF; `gpt2`, a hub id or a local path also work
+    c.model.init_from_scratch = False    # True: random weights (smoke tests, tiny configs)
+    c.model.method = "lora"              # lora | lora+um | lora+ema | full (= LoRA + UM + EMA)
+    c.model.pooling = "last"             # last | mean (sequence classification summary)
+    c.model.dtype = "float32"            # compute dtype: float32 | bfloat16
+    c.model.frozen_param_dtype = "float32"  # storage dtype of the frozen backbone (bfloat16 halves it)
+    c.model.remat = False                # rematerialise backbone layers in backward (activation memory ~ 1 layer)
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 8                # paper: r = 8 (main results)
+    c.model.lora.alpha = 16.0            # 2r
+    c.model.lora.dropout = 0.0
+    c.model.lora.target_regex = ""       # '' = arch default (c_attn for GPT-2, q_proj|v_proj for LLaMA)
+    c.model.um = ml_collections.ConfigDict()      # forwarded to the UM branch as keyword arguments
+    c.model.ema = ml_collections.ConfigDict()     # forwarded to the EMA branch as keyword arguments
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "semeval"
+    c.data.data_dir = default_data_dir()
+    c.data.train_size = 1000             # paper: 200 / 500 / 1000, sampled with the seed
+    c.data.dev_size = 0                  # 0 = full dev set; >0 = seeded subsample (faster early stopping)
+    c.data.test_size = 0                 # 0 = full test set (always for reported numbers)
+    c.data.max_len = 128                 # paper: 512 — CPU runs use less; truncations are counted and reported
+    c.data.pad_to_multiple = 32          # batches are padded to the next multiple (few shapes, few compiles)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 3
+    c.train.max_steps = -1               # -1 = epochs * steps_per_epoch
+    c.train.batch_size = 16              # global mini-batch (one optimizer step, one bank write)
+    c.train.grad_accum_steps = 1         # micro-batches per mini-batch
+    c.train.eval_batch_size = 64
+    c.train.trainable_regex = r"^(head|um|ema)/"   # params trained besides LoRA; '.*' = full fine-tuning
+    c.train.eval_every_steps = 0         # 0 = once per epoch
+    c.train.checkpoint_every_steps = 50  # plus at every evaluation and at the end
+    c.train.max_to_keep = 2
+    c.train.early_stopping_patience = 3  # evaluations without dev improvement; 0 = off
+    c.train.log_every_steps = 10
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 2e-4         # paper sweep: 5e-5 1e-4 2e-4 5e-4 1e-3
+    c.optim.warmup_ratio = 0.06          # linear warm-up then linear decay to 0 (paper)
+    c.optim.weight_decay = 0.01          # AdamW (paper); applied to matrices only
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip_norm = 1.0         # global-norm clipping (paper)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                     # -1 = all devices not used by `model`
+    c.mesh.model = 1                     # FSDP shards of the frozen backbone
+    c.mesh.fsdp_rules = "default"        # default | none  (path-regex -> PartitionSpec table in train/sharding.py)
+
+    c.output = ml_collections.ConfigDict()
+    c.output.tensorboard = True
+    c.output.progress_bar = True
+    c.output.predictions = True
+    return c

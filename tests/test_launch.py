@@ -1,0 +1,124 @@
+"""launch.py end to end on the smoke config: outputs, config errors, SIGKILL/SIGINT + resume = same numbers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Longer than the default smoke run so there is time to kill it between checkpoints and the end.
+SMOKE = ["--config=configs/smoke.py", "--config.train.epochs=6", "--config.train.checkpoint_every_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("xla_cache")   # shared by this module's runs: compile once
+    return dict(os.environ, UMEMA_JAX_CACHE=str(cache), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def launch(args, env, **kw):
+    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def finalized_steps(workdir):
+    folder = os.path.join(workdir, "checkpoints", "latest")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(s) for s in os.listdir(folder) if s.isdigit())
+
+
+def interrupt_after_checkpoint(args, env, workdir, sig, after_step):
+    """Starts a run, sends `sig` once a checkpoint newer than `after_step` is complete; returns (rc, err)."""
+    proc = launch(args, env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = [s for s in finalized_steps(workdir) if s > after_step]
+        if done:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    rc, _, err = finish(proc)
+    return rc, err
+
+
+def read(workdir, name):
+    with open(os.path.join(workdir, name)) as f:
+        return f.read()
+
+
+def check_outputs(workdir, out):
+    for name in ("config.json", "metrics.jsonl", "results.json", "results.md", "predictions.jsonl",
+                 "reliability.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    results = json.loads(read(workdir, "results.json"))
+    for split in ("dev", "test"):
+        for key in ("accuracy", "ece", "nll", "brier"):
+            assert key in results[split]
+    assert results["params"]["trainable"] < results["params"]["total"]
+    assert results["sizes"]["test"] == len(read(workdir, "predictions.jsonl").splitlines())
+    assert results["method"] == "full" and results["train_time_per_epoch_s"]
+    pred = json.loads(read(workdir, "predictions.jsonl").splitlines()[0])
+    assert {"id", "gold", "pred", "confidence", "top_probs", "aux"} <= set(pred)
+    assert "u_bar" in pred["aux"]                       # the model's uncertainty outputs travel along
+    assert "test accuracy" in out
+
+
+def test_smoke_run_outputs_and_kill_interrupt_resume_is_bit_identical(env, tmp_path):
+    """One test (not a shared fixture) so pytest-xdist never runs the reference twice."""
+    reference = str(tmp_path / "reference")
+    rc, out, err = finish(launch([*SMOKE, f"--workdir={reference}"], env))
+    assert rc == 0, err[-3000:]
+    check_outputs(reference, out)
+
+    workdir = str(tmp_path / "resumed")
+    args = [*SMOKE, f"--workdir={workdir}"]
+    rc, err = interrupt_after_checkpoint(args, env, workdir, signal.SIGKILL, after_step=0)
+    assert rc == -signal.SIGKILL, err[-2000:]
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    killed_at = max(finalized_steps(workdir))
+    rc, err = interrupt_after_checkpoint(args, env, workdir, signal.SIGINT, after_step=killed_at)
+    assert rc == 130, err[-2000:]
+    assert "re-run the same command to resume" in err
+    rc, out, err = finish(launch(args, env))
+    assert rc == 0, err[-3000:]
+    assert "resumed from step" in err
+    ref, new = json.loads(read(reference, "results.json")), json.loads(read(workdir, "results.json"))
+    assert new["dev"] == ref["dev"] and new["test"] == ref["test"]        # bit-identical metrics
+    assert new["best_step"] == ref["best_step"] and new["dev_history"] == ref["dev_history"]
+    assert read(workdir, "predictions.jsonl") == read(reference, "predictions.jsonl")
+    assert read(workdir, "metrics.jsonl") == read(reference, "metrics.jsonl")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.method=lora+xyz", "model.method"),
+    ("--config.data.data_dir=/no/such/dir", "data.data_dir"),
+    ("--config.optim.learning_rate=-1", "optim.learning_rate"),
+    ("--config.data.train_size=0", "data.train_size"),
+    ("--config.train.no_such_key=1", "unknown config key"),
+])
+def test_bad_config_fails_fast_with_one_line(override, message, env, tmp_path):
+    workdir = tmp_path / "never"
+    rc, out, err = finish(launch(["--config=configs/smoke.py", override, f"--workdir={workdir}"], env))
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip() and "PyTorch was not found" not in line]
+    assert len(lines) == 1 and lines[0].startswith("launch.py: error:") and message in lines[0], err
+    assert not workdir.exists()                         # failed before anything was written or computed
+
+
+def test_resuming_with_a_different_config_is_refused(env, tmp_path):
+    sys.path.insert(0, REPO)
+    from configs.smoke import get_config
+    (tmp_path / "config.json").write_text(json.dumps(get_config().to_dict()))
+    rc, _, err = finish(launch(["--config=configs/smoke.py", "--config.seed=1", f"--workdir={tmp_path}"], env))
+    assert rc == 2 and "different config (seed)" in err
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,123 @@
+"""From a validated config to an `Experiment`: data, tokenizer, weights, model, variables, evaluator.
+
+This is the only place in `train/` that knows the concrete layers below it;
+the loop sees the `Experiment` interface only (tests swap in stand-ins).
+"""
+from __future__ import annotations
+
+import os
+import types
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from umema_jax.train.loop import Experiment
+from umema_jax.train.state import cast_tree, count_params, split_params
+
+DEV_SUBSAMPLE_SEED = 0   # the same dev subsample for every run seed, so early stopping compares alike
+
+
+def model_config_view(config, task_type: str, num_labels: int):
+    """The root-config view `make_model` reads: `model.*` plus the data-derived `task.*`."""
+    return types.SimpleNamespace(model=config.model,
+                                 task=types.SimpleNamespace(type=task_type, num_labels=num_labels))
+
+
+def tokenizer_name(model_name: str) -> str:
+    """Random-weight tiny configs borrow the tokenizer of the real model they imitate."""
+    from umema_jax.backbones.config import TOKENIZER_FOR
+    return TOKENIZER_FOR.get(model_name, model_name)
+
+
+def load_splits(config):
+    """DatasetSplits with the seeded few-shot train subset and the (optional) dev subsample applied."""
+    from umema_jax.data import load_dataset_splits
+    from umema_jax.data.fewshot import fewshot_subset
+    d = config.data
+    from umema_jax.data.registry import DATA_DIR_ENV
+    # No local copy anywhere -> the data layer's hub loader (needs internet).
+    hub = not d.data_dir and not os.environ.get(DATA_DIR_ENV)
+    splits = load_dataset_splits(d.name, d.data_dir or None, **({"source": "hub"} if hub else {}))
+    full_train = len(splits.train)
+    splits.train = fewshot_subset(splits.train, d.train_size, config.seed)
+    if d.dev_size:
+        splits.dev = fewshot_subset(splits.dev, d.dev_size, DEV_SUBSAMPLE_SEED)
+    if d.test_size:
+        splits.test = fewshot_subset(splits.test, d.test_size, DEV_SUBSAMPLE_SEED)
+    splits.notes = dict(splits.notes or {}, full_train_size=full_train)
+    return splits
+
+
+def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: dict):
+    """(split, predictions) -> metrics with `primary` (accuracy | span F1) and the mean NLL `loss`."""
+    from umema_jax.metrics.evaluate import evaluate_classification, evaluate_ner
+
+    def evaluate(split: str, preds: dict) -> dict:
+        enc = encoded[split]
+        if task_type == "cls":
+            m = evaluate_classification(preds["probs"], np.asarray(enc.labels), label_names)
+            m["primary"], m["primary_name"] = m["accuracy"], "accuracy"
+        else:
+            token_labels = [np.asarray(lab)[w >= 0] for lab, w in zip(enc.labels, enc.word_index)]
+            gold = [list(ex.tags) for ex in examples[split]]
+            m = evaluate_ner(preds["probs"], token_labels, label_names, full_gold_tags=gold)
+            m["primary"], m["primary_name"] = m["span_f1"], "span_f1"
+        m["loss"] = preds["nll_sum"] / max(preds["targets"], 1.0)
+        return m
+
+    return evaluate
+
+
+def build_experiment(config) -> Experiment:
+    from umema_jax.backbones.config import get_backbone_config
+    from umema_jax.data.encode import encode_splits
+    from umema_jax.model import init_variables, make_model
+    from umema_jax.tokenization import load_tokenizer
+
+    splits = load_splits(config)
+    tokenizer = load_tokenizer(tokenizer_name(config.model.name))
+    encoded = encode_splits(splits, tokenizer, config.data.max_len)
+
+    if config.model.init_from_scratch:
+        backbone_cfg, weights = get_backbone_config(config.model.name), None
+    else:
+        from umema_jax.weights.load import load_backbone_weights
+        backbone_cfg, weights = load_backbone_weights(config.model.name)
+    if len(tokenizer) > backbone_cfg.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but {config.model.name} embeds only "
+                         f"{backbone_cfg.vocab_size}")
+    model = make_model(model_config_view(config, splits.task_type, len(splits.labels)), backbone_cfg)
+    # Loaded weights go straight in: the backbone is never randomly initialised first.
+    backbone = None if weights is None else jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), weights)
+    variables = init_variables(model, jax.random.PRNGKey(config.seed), backbone_params=backbone)
+    params = dict(variables["params"])
+    trained, frozen = split_params(params, config.train.trainable_regex)
+    frozen = cast_tree(frozen, jnp.dtype(config.model.frozen_param_dtype))
+    trainable = {"lora": variables.get("lora", {}), "params": trained}
+    info = {
+        "task_type": splits.task_type, "labels": list(splits.labels), "backbone": backbone_cfg,
+        "sizes": {s: len(encoded[s]) for s in ("train", "dev", "test")},
+        "full_train_size": splits.notes.get("full_train_size"),
+        "encoding": {s: encoded[s].stats() for s in ("train", "dev", "test")},
+        "token_lengths": {s: _percentiles(encoded[s].lengths) for s in ("train", "dev", "test")},
+        "params": {"trainable": count_params(trainable), "frozen": count_params(frozen),
+                   "lora": count_params(trainable["lora"]),
+                   **{f"params/{k}": count_params(v) for k, v in params.items()},
+                   "memory_buffer": count_params(variables.get("memory", {}))},
+        "ids": {s: list(encoded[s].ids) for s in ("dev", "test")},
+        "examples": {s: splits.split(s) for s in ("dev", "test")},
+    }
+    info["params"]["total"] = info["params"]["trainable"] + info["params"]["frozen"]
+    evaluate = make_evaluator(splits.task_type, list(splits.labels), encoded,
+                              {s: splits.split(s) for s in ("dev", "test")})
+    return Experiment(model=model, frozen=frozen, trainable=trainable,
+                      memory=variables.get("memory", {}), task_type=splits.task_type,
+                      encoded=encoded, evaluate=evaluate, info=info)
+
+
+def _percentiles(lengths: np.ndarray) -> dict:
+    if len(lengths) == 0:
+        return {}
+    return {f"p{q}": float(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)}

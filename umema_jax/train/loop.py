@@ -1,0 +1,292 @@
+"""The training loop: steps, evaluation, early stopping, checkpoints, resume, outputs.
+
+Everything that decides results is a pure function of the config and the
+restored checkpoint: batch order from (seed, epoch), dropout keys from
+(rng, step), evaluation at fixed steps, final numbers from the best
+checkpoint *read back from disk* (also in an uninterrupted run). That is why a
+run killed at any point and re-run with the same command ends with
+bit-identical metrics on CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from umema_jax.data.pipeline import TrainBatches, eval_batches, num_eval_batches
+from umema_jax.train import sharding as shd
+from umema_jax.train.checkpoint import Checkpoints
+from umema_jax.train.logging import make_tracker
+from umema_jax.train.progress import Progress
+from umema_jax.train.state import TrainState, create_train_state, make_optimizer
+from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+
+HOST_ONLY_KEYS = ("example_index",)   # batch keys the pipeline adds for bookkeeping; never sent to devices
+
+
+class NonFiniteLoss(RuntimeError):
+    """Loss or gradient became NaN/inf; the state was not updated and the last checkpoint is good."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM: the state was checkpointed; re-running the same command resumes."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What the loop needs, built by `umema_jax.train.build` (or by tests with stand-ins)."""
+    model: Any                       # flax module honouring the model contract
+    frozen: dict                     # frozen part of `params` (never trained nor checkpointed)
+    trainable: dict                  # {'lora': …, 'params': …}
+    memory: dict                     # initial `memory` collection ({} without EMA)
+    task_type: str                   # cls | ner
+    encoded: dict                    # split name -> EncodedDataset
+    evaluate: Callable[[str, dict], dict]   # (split, predictions) -> metrics; must hold `primary`
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RunResult:
+    dev: dict
+    test: dict
+    predictions: dict                # split -> per-example predictions (see `predict`)
+    best_step: int
+    steps: int
+    stopped_early: bool
+    epoch_times: list
+    history: list
+    train_time_s: float = 0.0        # training loop wall time over all sessions (with dev evals, checkpoints)
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (save, then exit)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:       # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:    # second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _device_batch(batch: dict, mesh) -> dict:
+    return shd.put_batch({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, mesh)
+
+
+def _per_row(x: np.ndarray, rows: int) -> bool:
+    return x.ndim >= 1 and x.shape[0] == rows
+
+
+def predict(eval_fn, state, frozen, encoded, batch_size: int, pad_multiple: int, mesh,
+            progress: bool = False, desc: str = "eval") -> dict:
+    """Runs the model over every example once; returns host arrays indexed like `encoded`.
+
+    cls: `probs [N,C]`, aux leaves with a per-example axis `[N,…]`.
+    ner: `probs` list of `[words_i, C]` (first sub-token of every kept word),
+    per-token aux leaves likewise; per-sentence aux as `[N]`.
+    Also the summed NLL and target count (loss over real rows only).
+    """
+    n = len(encoded)
+    ner = encoded.task_type == "ner"
+    probs: list = [None] * n
+    aux: dict = {}
+    nll_sum, targets = 0.0, 0.0
+    bar = Progress(num_eval_batches(encoded, batch_size), desc=desc, enabled=progress, leave=False)
+    for batch in eval_batches(encoded, batch_size, pad_multiple=pad_multiple):
+        out = jax.device_get(eval_fn(state, frozen, _device_batch(batch, mesh)))
+        nll_sum += float(out["nll_sum"])
+        targets += float(out["targets"])
+        rows = batch["input_ids"].shape[0]
+        for row, idx in enumerate(batch["example_index"]):
+            if idx < 0:
+                continue
+            if ner:
+                pos = np.nonzero(encoded.word_index[idx] >= 0)[0]
+                probs[idx] = out["probs"][row, pos]
+            else:
+                probs[idx] = out["probs"][row]
+            for k, v in out["aux"].items():
+                v = np.asarray(v)
+                if not _per_row(v, rows):
+                    continue
+                per = v[row]
+                if ner and per.ndim >= 1 and per.shape[0] == batch["input_ids"].shape[1]:
+                    per = per[np.nonzero(encoded.word_index[idx] >= 0)[0]]
+                aux.setdefault(k, [None] * n)[idx] = per
+        bar.update(1, tokens=int((batch["attention_mask"] * batch["example_mask"][:, None]).sum()))
+    bar.close()
+    result = {"probs": probs if ner else np.stack(probs), "nll_sum": nll_sum, "targets": targets,
+              "aux": {}}
+    for k, vals in aux.items():
+        if all(np.ndim(v) == 0 for v in vals) or not ner:
+            try:
+                result["aux"][k] = np.stack(vals)
+                continue
+            except ValueError:
+                pass
+        result["aux"][k] = vals
+    return result
+
+
+def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunResult:
+    """Trains with early stopping, checkpoints as it goes, resumes when `workdir` holds a checkpoint."""
+    tcfg, dcfg = config.train, config.data
+    mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
+    for name, size in (("train.batch_size", tcfg.batch_size // tcfg.grad_accum_steps),
+                       ("train.eval_batch_size", tcfg.eval_batch_size)):
+        if size % shd.batch_divisor(mesh):
+            raise ValueError(f"{name}={size} (per micro-batch) must be divisible by the {shd.batch_divisor(mesh)} "
+                             f"devices the batch is split over")
+
+    batches = TrainBatches(exp.encoded["train"], tcfg.batch_size, config.seed,
+                           pad_multiple=dcfg.pad_to_multiple)
+    spe = batches.steps_per_epoch
+    total_steps = spe * tcfg.epochs if tcfg.max_steps < 0 else min(tcfg.max_steps, spe * tcfg.epochs)
+    eval_every = tcfg.eval_every_steps or spe
+    tx, schedule = make_optimizer(config.optim, total_steps)
+
+    # Placement: frozen backbone by the FSDP rules, everything else replicated.
+    rules = shd.FSDP_RULE_SETS[config.mesh.fsdp_rules]
+    frozen_sh = shd.named(mesh, shd.tree_specs(exp.frozen, rules, mesh))
+    frozen = jax.device_put(exp.frozen, frozen_sh)
+    state = create_train_state(exp.trainable, exp.memory, tx, config.seed)
+    state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
+    state = jax.device_put(state, state_sh)
+    train_fn = jit_train_step(make_train_step(exp.model, tx, schedule, exp.task_type, tcfg.grad_accum_steps),
+                              state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
+    eval_fn = jit_eval_step(make_eval_step(exp.model, exp.task_type), state_sh, frozen_sh,
+                            shd.batch_sharding(mesh), shd.replicated(mesh))
+
+    ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep)
+    meta = {"epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
+            "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": []}
+    restored = ckpt.restore_latest(state)
+    resume_step = 0                      # logs and best-checkpoints past this step are from a dead run
+    if restored is not None:
+        state, meta = restored
+        resume_step = int(state.step)
+    ckpt.discard_after(resume_step)
+    tracker = make_tracker(workdir, tensorboard=config.output.tensorboard, resume_step=resume_step)
+    start = int(jax.device_get(state.step))
+    bar = Progress(total_steps, initial=start, desc="train", enabled=config.output.progress_bar)
+    if restored is not None:
+        bar.write(f"resumed from step {resume_step} (epoch {meta['epoch']}, batch {meta['step_in_epoch']})")
+
+    def evaluate_dev(step: int) -> None:
+        preds = predict(eval_fn, state, frozen, exp.encoded["dev"], tcfg.eval_batch_size,
+                        dcfg.pad_to_multiple, mesh, config.output.progress_bar, "dev")
+        metrics = exp.evaluate("dev", preds)
+        primary = float(metrics["primary"])
+        tracker.log(step, "dev", metrics)
+        meta["history"].append({"step": step, "dev_primary": primary})
+        improved = meta["best_metric"] is None or primary > meta["best_metric"]
+        if improved:
+            meta.update(best_metric=primary, best_step=step, evals_since_best=0)
+            ckpt.save_best(step, state, dict(meta), primary)   # before `latest`: see discard_after
+        else:
+            meta["evals_since_best"] += 1
+        bar.write(f"step {step}: dev {metrics.get('primary_name', 'primary')}={primary:.4f}"
+                  f"{' (best)' if improved else ''}")
+
+    pending: list = []          # (step, metrics on device): fetched one step late, no sync in the hot path
+    window: dict = {}
+    epoch_clock = time.perf_counter()
+
+    def drain(keep: int = 0) -> None:
+        """Fetches queued step metrics (all but the newest `keep`), stopping on a non-finite loss."""
+        while len(pending) > keep:
+            step, m = pending.pop(0)
+            m = jax.device_get(m)
+            if not int(m["finite"]):
+                raise NonFiniteLoss(f"non-finite loss/gradient at step {step} (loss={float(m['loss'])}, "
+                                    f"grad_norm={float(m['grad_norm'])}); stopped, last good checkpoint "
+                                    f"kept at step {ckpt.latest_step()}")
+            for k in ("loss", "grad_norm", "learning_rate"):
+                window.setdefault(k, []).append(float(m[k]))
+            window.setdefault("tokens", []).append(float(m["tokens"]))
+            bar.update(1, tokens=int(m["tokens"]), loss=float(m["loss"]))
+            if step % tcfg.log_every_steps == 0 or step == total_steps:
+                tracker.log(step, "train", {"loss": np.mean(window["loss"]),
+                                            "grad_norm": np.mean(window["grad_norm"]),
+                                            "learning_rate": window["learning_rate"][-1],
+                                            "tokens": np.sum(window["tokens"])})
+                window.clear()
+
+    train_time_base, session_clock = float(meta.get("train_time_s", 0.0)), time.perf_counter()
+
+    def checkpoint(step: int) -> None:
+        drain()
+        meta["train_time_s"] = train_time_base + time.perf_counter() - session_clock
+        ckpt.save_latest(step, state, dict(meta))
+
+    step = start
+    try:
+        with _Signals() as signals:
+            if step < total_steps and not meta["stopped_early"]:
+                for epoch, k, batch in batches.iterate(meta["epoch"], meta["step_in_epoch"], tcfg.epochs):
+                    state, m = train_fn(state, frozen, _device_batch(batch, mesh))
+                    step += 1
+                    pending.append((step, m))
+                    drain(keep=1)
+                    meta["epoch"], meta["step_in_epoch"] = (epoch + 1, 0) if k + 1 == spe else (epoch, k + 1)
+                    if k + 1 == spe:
+                        drain()
+                        meta["epoch_times"].append(time.perf_counter() - epoch_clock)
+                        epoch_clock = time.perf_counter()
+                    at_eval = step % eval_every == 0 or step == total_steps
+                    if at_eval:
+                        drain()
+                        evaluate_dev(step)
+                        if tcfg.early_stopping_patience and meta["evals_since_best"] >= tcfg.early_stopping_patience:
+                            meta["stopped_early"] = True
+                    if at_eval or step % tcfg.checkpoint_every_steps == 0 or step == total_steps \
+                            or meta["stopped_early"]:
+                        checkpoint(step)
+                    if signals.received is not None:
+                        checkpoint(step)
+                        ckpt.wait()
+                        raise Interrupted(f"interrupted by signal {signals.received} at step {step}; "
+                                          f"checkpoint saved — re-run the same command to resume")
+                    if step >= total_steps or meta["stopped_early"]:
+                        break
+            drain()
+            checkpoint(step)
+            ckpt.wait()
+    finally:
+        bar.close()
+        tracker.close()
+
+    # Final numbers come from the best checkpoint as stored on disk (same path for resumed runs).
+    best = ckpt.restore_best(state)
+    best_state, best_meta = best if best is not None else (state, meta)
+    results, predictions = {}, {}
+    for split in ("dev", "test"):
+        preds = predict(eval_fn, best_state, frozen, exp.encoded[split], tcfg.eval_batch_size,
+                        dcfg.pad_to_multiple, mesh, config.output.progress_bar, split)
+        results[split] = exp.evaluate(split, preds)
+        predictions[split] = preds
+    ckpt.close()
+    return RunResult(dev=results["dev"], test=results["test"], predictions=predictions,
+                     best_step=int(best_meta.get("best_step") or step), steps=step,
+                     stopped_early=bool(meta["stopped_early"]), epoch_times=list(meta["epoch_times"]),
+                     history=list(meta["history"]), train_time_s=float(meta.get("train_time_s", 0.0)))

@@ -1,0 +1,170 @@
+"""Run artefacts in the workdir: config.json, results.json, predictions.jsonl, results.md, reliability.png."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+from typing import Any
+
+import jax
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOP_K = 3
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if np.isfinite(x) else str(x)
+    return x
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomic write (tmp + rename): a killed run never leaves half a JSON file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    """HEAD commit of the checkout, suffixed `-dirty` when tracked files changed; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def peak_memory() -> dict:
+    """Peak host RSS (this process) and, where the backend reports it, peak device memory."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    device_peaks = []
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # noqa: BLE001 - backends without stats
+            stats = {}
+        if "peak_bytes_in_use" in stats:
+            device_peaks.append(stats["peak_bytes_in_use"] / 2**20)
+    out["peak_device_memory_mb"] = max(device_peaks) if device_peaks else None
+    return out
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if np.isscalar(v) or isinstance(v, str)}
+
+
+def prediction_records(task_type: str, label_names: list, preds: dict, encoded, examples: list) -> list:
+    """One JSON-able record per example: gold, predicted, top-k probabilities, confidence, aux outputs."""
+    names = np.asarray(label_names)
+    records = []
+    for i, ex in enumerate(examples):
+        p = np.asarray(preds["probs"][i], dtype=np.float64)
+        aux = {k: v[i] for k, v in preds["aux"].items()}
+        if task_type == "cls":
+            top = np.argsort(-p)[:TOP_K]
+            rec = {"id": encoded.ids[i], "gold": ex.label, "pred": str(names[top[0]]),
+                   "confidence": float(p[top[0]]),
+                   "top_probs": {str(names[j]): float(p[j]) for j in top}}
+        else:
+            pred = names[p.argmax(-1)].tolist() if p.size else []
+            rec = {"id": encoded.ids[i], "tokens": list(ex.tokens), "gold": list(ex.tags),
+                   "pred": pred + ["O"] * (len(ex.tags) - len(pred)),
+                   "confidence": p.max(-1).tolist() if p.size else [],
+                   "scored_words": int(len(pred))}
+        if aux:
+            rec["aux"] = _jsonable(aux)
+        records.append(rec)
+    return records
+
+
+def write_predictions(path: str, records: list) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(_jsonable(rec)) + "\n")
+    os.replace(tmp, path)
+
+
+def results_table(results: dict) -> str:
+    """Markdown: one row per split with the headline metrics, then run facts."""
+    primary = results["primary_metric"]
+    cols = [primary, "ece", "nll", "brier", "loss"]
+    lines = [f"# {results['dataset']} · {results['model']} · {results['method']} · seed {results['seed']}", "",
+             "| split | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for split in ("dev", "test"):
+        m = results[split]
+        n = m.get("n", m.get("n_sentences", ""))
+        vals = [f"{100 * m[c]:.2f}" if c in (primary, "ece") else f"{m[c]:.4f}" for c in cols if c in m]
+        lines.append(f"| {split} | {n} | " + " | ".join(vals) + " |")
+    lines += ["", f"{primary} and ECE (15 equal-width bins, top-label) in %.", "",
+              "| fact | value |", "|---|---|"]
+    facts = {"train examples": results["sizes"]["train"], "max_len": results["max_len"],
+             "truncated (train/dev/test)": "/".join(str(results["encoding"][s]["truncated_examples"])
+                                                   for s in ("train", "dev", "test")),
+             "trainable params": f"{results['params']['trainable']:,}",
+             "total params": f"{results['params']['total']:,}",
+             "best step / steps": f"{results['best_step']} / {results['steps']}",
+             "train time per epoch (s)": ", ".join(f"{t:.1f}" for t in results["train_time_per_epoch_s"]),
+             "peak RSS (MB)": f"{results['memory']['peak_rss_mb']:.0f}",
+             "git commit": results["git_commit"]}
+    lines += [f"| {k} | {v} |" for k, v in facts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def reliability_inputs(task_type: str, preds: dict, encoded) -> tuple[np.ndarray, np.ndarray]:
+    """(probs [N,C], labels [N]) over scored targets (tokens for NER)."""
+    if task_type == "cls":
+        return np.asarray(preds["probs"]), np.asarray(encoded.labels)
+    probs = [np.asarray(p) for p in preds["probs"] if np.size(p)]
+    labels = [np.asarray(lab)[w >= 0] for lab, w in zip(encoded.labels, encoded.word_index) if (w >= 0).any()]
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
+    """results.json, predictions.jsonl, results.md and reliability.png; returns the results dict."""
+    from umema_jax.metrics import reliability_diagram
+    info = exp.info
+    results = {
+        "dataset": config.data.name, "model": config.model.name, "method": config.model.method,
+        "seed": config.seed, "task_type": exp.task_type,
+        "primary_metric": "accuracy" if exp.task_type == "cls" else "span_f1",
+        "dev": _scalars(run.dev), "test": _scalars(run.test),
+        "best_step": run.best_step, "steps": run.steps, "stopped_early": run.stopped_early,
+        "dev_history": run.history,
+        "sizes": info["sizes"], "full_train_size": info.get("full_train_size"),
+        "max_len": config.data.max_len, "encoding": info["encoding"], "token_lengths": info["token_lengths"],
+        "params": info["params"],
+        "train_time_per_epoch_s": run.epoch_times,     # complete epochs only; includes compilation in epoch 1
+        "train_time_s": run.train_time_s,
+        "mean_train_time_per_epoch_s": float(np.mean(run.epoch_times)) if run.epoch_times else None,
+        "wall_time_s": wall_time_s, "memory": peak_memory(), "git_commit": git_commit(),
+        "devices": [str(d) for d in jax.devices()], "mesh": dict(mesh.shape),
+        "jax_version": jax.__version__,
+    }
+    write_json(os.path.join(workdir, "results.json"), results)
+    with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(results_table(results))
+    if config.output.predictions:
+        records = prediction_records(exp.task_type, info["labels"], run.predictions["test"],
+                                     exp.encoded["test"], info["examples"]["test"])
+        write_predictions(os.path.join(workdir, "predictions.jsonl"), records)
+    probs, labels = reliability_inputs(exp.task_type, run.predictions["test"], exp.encoded["test"])
+    reliability_diagram({config.model.method: (probs, labels)}, os.path.join(workdir, "reliability.png"),
+                        title=f"{config.data.name} test · {config.model.name}")
+    return results

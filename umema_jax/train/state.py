@@ -1,0 +1,86 @@
+"""What training carries from step to step, and how params split into trained/frozen.
+
+The frozen backbone never enters `TrainState`: it is a separate, non-donated,
+non-differentiated argument of the step, so no gradient and no optimizer state
+is ever allocated for it, and it is not written into checkpoints.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 [], optimizer steps taken
+    trainable: dict          # {'lora': …, 'params': <paths matching trainable_regex>}
+    opt_state: Any
+    memory: dict             # the model's `memory` collection (EMA bank); {} when absent
+    rng: jax.Array           # uint32 [2]; per-step keys are fold_in(rng, step)
+
+
+def split_params(params: dict, trainable_regex: str) -> tuple[dict, dict]:
+    """(trainable, frozen) nested dicts; a path is trainable iff the regex *searches* it."""
+    pattern = re.compile(trainable_regex)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    trained = {k: v for k, v in flat.items() if pattern.search(k)}
+    frozen = {k: v for k, v in flat.items() if not pattern.search(k)}
+    return (traverse_util.unflatten_dict(trained, sep="/"),
+            traverse_util.unflatten_dict(frozen, sep="/"))
+
+
+def merge_params(frozen: dict, trained: dict) -> dict:
+    """Inverse of `split_params` (paths are disjoint)."""
+    flat = traverse_util.flatten_dict(frozen, sep="/")
+    flat.update(traverse_util.flatten_dict(trained, sep="/"))
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
+    """Linear warm-up to `peak` over `warmup` steps, then linear decay towards 0 (paper).
+
+    Shifted by one so no step is wasted: the first step uses peak/warmup (not 0)
+    and the last uses peak/(total-warmup) (not 0).
+    """
+    warmup = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+    decay = max(1, total_steps - warmup)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        up = peak * (step + 1.0) / max(warmup, 1)
+        down = peak * jnp.clip((total_steps - step) / decay, 0.0, 1.0)
+        return jnp.where(step < warmup, up, down)
+    return schedule
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Global-norm clipping then AdamW; weight decay on matrices only (not biases/norms/vectors)."""
+    schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_ratio)
+    decay_mask = lambda tree: jax.tree.map(lambda x: x.ndim >= 2, tree)
+    tx = optax.chain(
+        optax.clip_by_global_norm(optim_cfg.grad_clip_norm),
+        optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                    weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+    return tx, schedule
+
+
+def create_train_state(trainable: dict, memory: dict, tx: optax.GradientTransformation,
+                       seed: int) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                      opt_state=tx.init(trainable), memory=memory,
+                      rng=jax.random.PRNGKey(seed ^ 0x5EED))
+
+
+def cast_tree(tree: Any, dtype) -> Any:
+    """Cast floating leaves (e.g. the frozen backbone to bf16 storage)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

@@ -1,0 +1,147 @@
+"""The jitted train and eval steps.
+
+`train_step(state, frozen, batch) -> (state, metrics)` is one XLA program:
+forward, masked cross-entropy on the model's calibrated logits, gradients
+w.r.t. `state.trainable` only (`frozen` is an ordinary argument that is never
+differentiated), clipped AdamW update, and the carried `memory` collection
+returned by `apply(..., mutable=['memory'])`. No host sync inside.
+
+Gradient accumulation (`grad_accum_steps = A > 1`) splits the mini-batch into
+A micro-batches and `lax.scan`s over them. Losses are sums divided by the
+*mini-batch's* valid-target count, so accumulated gradients equal the
+un-accumulated ones. Bank-write semantics stay "once per mini-batch": every
+micro-batch reads the bank as it was at the start of the step, each proposes
+its write into the same slot, and the new bank is the mean of the proposals
+(float leaves; the pointer advances once). With A = 1 this is exactly the
+model's own write.
+
+A non-finite loss or gradient leaves the state untouched (`finite=0` in the
+metrics); the loop then stops the run, so the last checkpoint stays good.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from umema_jax.train.state import TrainState, merge_params
+
+IGNORE = -100
+
+
+def target_mask(batch: dict, task_type: str) -> jax.Array:
+    """1.0 where a target is scored: real rows (`example_mask`) and, for NER, labels != -100."""
+    rows = batch["example_mask"].astype(jnp.float32)
+    if task_type == "ner":
+        return (batch["labels"] != IGNORE).astype(jnp.float32) * rows[:, None]
+    return rows
+
+
+def cross_entropy_sum(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Sum over scored targets of -log softmax(logits)[label] (logits already divided by T)."""
+    logits = logits.astype(jnp.float32)
+    safe = jnp.where(labels == IGNORE, 0, labels)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    return jnp.sum(nll * mask)
+
+
+def _variables(frozen: dict, trainable: dict, memory: dict) -> dict:
+    variables = {"params": merge_params(frozen, trainable.get("params", {}))}
+    if trainable.get("lora"):
+        variables["lora"] = trainable["lora"]
+    if memory:
+        variables["memory"] = memory
+    return variables
+
+
+def _mean_memory(stacked: Any) -> Any:
+    """Average float leaves over the micro-batch axis; integer leaves (pointer) from the last one."""
+    return jax.tree.map(lambda x: x.mean(0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                        else x[-1], stacked)
+
+
+def make_loss_fn(model, task_type: str) -> Callable:
+    """(trainable, frozen, memory, batch, rng, denom) -> (summed CE / denom, new memory); differentiate arg 0."""
+
+    def loss_fn(trainable, frozen, memory, micro, rng, denom):
+        out, mutated = model.apply(_variables(frozen, trainable, memory), micro, train=True,
+                                   rngs={"dropout": rng}, mutable=["memory"])
+        mask = target_mask(micro, task_type)
+        loss = cross_entropy_sum(out.logits, micro["labels"], mask) / denom
+        return loss, mutated.get("memory", memory)
+
+    return loss_fn
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    task_type: str, grad_accum_steps: int = 1) -> Callable:
+    """Un-jitted step; `jit_train_step` adds shardings and donation."""
+    loss_fn = make_loss_fn(model, task_type)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, frozen: dict, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+        n_targets = jnp.sum(target_mask(batch, task_type))
+        denom = jnp.maximum(n_targets, 1.0)
+        if grad_accum_steps == 1:
+            (loss, memory), grads = grad_fn(state.trainable, frozen, state.memory, batch, rng, denom)
+        else:
+            A = grad_accum_steps
+            # Micro-batch i = rows i, i+A, i+2A, ...: every device's contiguous shard of the
+            # batch contributes equally to each micro-batch, so no rows move between devices.
+            micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // A, A) + x.shape[1:]), 0, 1),
+                                 batch)
+
+            def body(acc, inputs):
+                mb, i = inputs
+                (l, mem), g = grad_fn(state.trainable, frozen, state.memory, mb,
+                                      jax.random.fold_in(rng, i), denom)
+                return (acc[0] + l, jax.tree.map(jnp.add, acc[1], g)), mem
+
+            zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+            (loss, grads), mems = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                               (micro, jnp.arange(A)))
+            memory = _mean_memory(mems) if state.memory else state.memory
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state,
+                            memory=memory)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "tokens": jnp.sum(batch["attention_mask"] * batch["example_mask"][:, None]),
+                   "targets": n_targets, "finite": finite.astype(jnp.int32)}
+        return new, metrics
+
+    return train_step
+
+
+def make_eval_step(model, task_type: str) -> Callable:
+    """(state, frozen, batch) -> probabilities, summed NLL, target count, aux outputs. Never writes the bank."""
+
+    def eval_step(state: TrainState, frozen: dict, batch: dict):
+        out = model.apply(_variables(frozen, state.trainable, state.memory), batch, train=False)
+        mask = target_mask(batch, task_type)
+        probs = jax.nn.softmax(out.logits.astype(jnp.float32), axis=-1)
+        aux = dict(out.aux or {})
+        if getattr(out, "temperature", None) is not None:
+            aux.setdefault("temperature", out.temperature)
+        return {"probs": probs, "nll_sum": cross_entropy_sum(out.logits, batch["labels"], mask),
+                "targets": jnp.sum(mask), "aux": aux}
+
+    return eval_step
+
+
+def jit_train_step(step_fn, state_shardings, frozen_shardings, batch_sharding, replicated):
+    """jit with explicit in/out shardings; the state (arg 0) is donated, `frozen` is not."""
+    return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def jit_eval_step(step_fn, state_shardings, frozen_shardings, batch_sharding, replicated):
+    """Outputs replicated: every host can read the whole batch's predictions (multi-host safe)."""
+    return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_sharding),
+                   out_shardings=replicated)

@@ -1,0 +1,95 @@
+"""Config checks that run before anything is loaded or compiled: bad values fail in a second, in one line."""
+from __future__ import annotations
+
+import os
+import re
+
+METHODS = ("lora", "lora+um", "lora+ema", "full")
+POOLINGS = ("last", "mean")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the allowed values."""
+
+
+def known_datasets() -> tuple:
+    from umema_jax import data
+    names = getattr(data, "DATASETS", None)
+    return tuple(sorted(names)) if names else ("20news", "ploner", "semeval", "wnut17")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate_config(c) -> None:
+    """Raises ConfigError for the first invalid value (config keys as written on the command line)."""
+    m, d, t, o = c.model, c.data, c.train, c.optim
+    _check(m.method in METHODS, f"model.method={m.method!r}: must be one of {', '.join(METHODS)}")
+    _check(m.pooling in POOLINGS, f"model.pooling={m.pooling!r}: must be one of {', '.join(POOLINGS)}")
+    for key in ("dtype", "frozen_param_dtype"):
+        _check(m[key] in DTYPES, f"model.{key}={m[key]!r}: must be one of {', '.join(DTYPES)}")
+    if m.init_from_scratch:
+        from umema_jax.backbones.config import NAMED_CONFIGS
+        _check(m.name in NAMED_CONFIGS, f"model.name={m.name!r}: init_from_scratch needs a named config "
+                                        f"({', '.join(sorted(NAMED_CONFIGS))})")
+    elif m.name.startswith((".", "/", "~")) or m.name.endswith(".gguf"):
+        _check(os.path.exists(os.path.expanduser(m.name)), f"model.name={m.name!r}: no such file or directory")
+    _check(int(m.lora.rank) > 0, f"model.lora.rank={m.lora.rank}: must be > 0")
+    _check(float(m.lora.alpha) > 0, f"model.lora.alpha={m.lora.alpha}: must be > 0")
+    _check(0.0 <= float(m.lora.dropout) < 1.0, f"model.lora.dropout={m.lora.dropout}: must be in [0, 1)")
+    _regex_ok(m.lora.target_regex, "model.lora.target_regex")
+
+    datasets = known_datasets()
+    _check(d.name in datasets, f"data.name={d.name!r}: must be one of {', '.join(datasets)}")
+    _check(not d.data_dir or os.path.isdir(d.data_dir),
+           f"data.data_dir={d.data_dir!r}: no such directory (set $UMEMA_DATA_DIR or --config.data.data_dir)")
+    _check(int(d.train_size) > 0, f"data.train_size={d.train_size}: must be > 0 (paper: 200, 500, 1000)")
+    _check(int(d.dev_size) >= 0, f"data.dev_size={d.dev_size}: must be >= 0 (0 = full dev set)")
+    _check(int(d.test_size) >= 0, f"data.test_size={d.test_size}: must be >= 0 (0 = full test set)")
+    _check(int(d.max_len) >= 8, f"data.max_len={d.max_len}: must be >= 8")
+    _check(int(d.pad_to_multiple) >= 1, f"data.pad_to_multiple={d.pad_to_multiple}: must be >= 1")
+
+    _check(int(t.epochs) > 0, f"train.epochs={t.epochs}: must be > 0")
+    _check(int(t.max_steps) == -1 or int(t.max_steps) > 0, f"train.max_steps={t.max_steps}: must be -1 or > 0")
+    _check(int(t.batch_size) > 0, f"train.batch_size={t.batch_size}: must be > 0")
+    _check(int(t.eval_batch_size) > 0, f"train.eval_batch_size={t.eval_batch_size}: must be > 0")
+    _check(int(t.grad_accum_steps) > 0 and int(t.batch_size) % int(t.grad_accum_steps) == 0,
+           f"train.grad_accum_steps={t.grad_accum_steps}: must be > 0 and divide train.batch_size={t.batch_size}")
+    _regex_ok(t.trainable_regex, "train.trainable_regex")
+    for key in ("eval_every_steps", "early_stopping_patience"):
+        _check(int(t[key]) >= 0, f"train.{key}={t[key]}: must be >= 0")
+    for key in ("checkpoint_every_steps", "max_to_keep", "log_every_steps"):
+        _check(int(t[key]) > 0, f"train.{key}={t[key]}: must be > 0")
+
+    _check(float(o.learning_rate) > 0, f"optim.learning_rate={o.learning_rate}: must be > 0")
+    _check(0.0 <= float(o.warmup_ratio) < 1.0, f"optim.warmup_ratio={o.warmup_ratio}: must be in [0, 1)")
+    _check(float(o.weight_decay) >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
+    _check(float(o.grad_clip_norm) > 0, f"optim.grad_clip_norm={o.grad_clip_norm}: must be > 0")
+    _check(0 <= float(o.b1) < 1 and 0 <= float(o.b2) < 1, f"optim.b1/b2={o.b1}/{o.b2}: must be in [0, 1)")
+
+    from umema_jax.train.sharding import FSDP_RULE_SETS
+    _check(c.mesh.fsdp_rules in FSDP_RULE_SETS,
+           f"mesh.fsdp_rules={c.mesh.fsdp_rules!r}: must be one of {', '.join(FSDP_RULE_SETS)}")
+    _check(int(c.mesh.model) >= 1, f"mesh.model={c.mesh.model}: must be >= 1")
+    _check(int(c.mesh.data) == -1 or int(c.mesh.data) >= 1, f"mesh.data={c.mesh.data}: must be -1 or >= 1")
+    import jax   # device count only: no computation
+    devices = jax.device_count()
+    model_axis = int(c.mesh.model)
+    data_axis = devices // model_axis if int(c.mesh.data) == -1 else int(c.mesh.data)
+    _check(devices % model_axis == 0 and data_axis * model_axis == devices,
+           f"mesh {c.mesh.data}x{c.mesh.model} does not fit the {devices} available devices")
+    micro = int(t.batch_size) // int(t.grad_accum_steps)
+    _check(micro % devices == 0, f"train.batch_size/grad_accum_steps={micro}: must be a multiple of the "
+                                 f"{devices} devices the batch is split over")
+    _check(int(t.eval_batch_size) % devices == 0,
+           f"train.eval_batch_size={t.eval_batch_size}: must be a multiple of the {devices} devices")
+
+
+def _regex_ok(pattern: str, key: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{key}={pattern!r}: not a valid regex ({err})") from None
