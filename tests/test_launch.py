@@ -65,6 +65,9 @@ def check_outputs(workdir, out):
         for key in ("accuracy", "ece", "nll", "brier"):
             assert key in results[split]
     assert results["params"]["trainable"] < results["params"]["total"]
+    assert results["posthoc_temperature"] > 0          # the post-hoc TS baseline is reported next to raw
+    assert results["test_posthoc_ts"]["nll"] > 0 and "ece" in results["test_posthoc_ts"]
+    assert results["dev_posthoc_ts"]["nll"] <= results["dev"]["nll"] + 1e-6   # T is fitted on dev NLL
     assert results["sizes"]["test"] == len(read(workdir, "predictions.jsonl").splitlines())
     assert results["method"] == "full" and results["train_time_per_epoch_s"]
     pred = json.loads(read(workdir, "predictions.jsonl").splitlines()[0])

@@ -40,3 +40,12 @@ def test_token_level_ignores_masked_positions():
     ref = fit_temperature(logits.reshape(20, 30, -1)[:, :25], labels.reshape(20, 30)[:, :25])
     np.testing.assert_allclose(t, ref, rtol=1e-6)
     assert fit_temperature(np.zeros((3, 4)), np.full(3, -100)) == 1.0
+
+
+def test_rescale_probs_equals_scaling_the_logits():
+    from umema_jax.uncertainty.temperature import rescale_probs
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(7, 5)) * 4
+    softmax = lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)
+    for t in (0.5, 1.0, 2.5):
+        np.testing.assert_allclose(rescale_probs(softmax(z), t), softmax(z / t), atol=1e-6)

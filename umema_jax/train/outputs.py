@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from umema_jax.uncertainty.temperature import fit_temperature, rescale_probs
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOP_K = 3
 
@@ -107,11 +109,15 @@ def results_table(results: dict) -> str:
     cols = [primary, "ece", "nll", "brier", "loss"]
     lines = [f"# {results['dataset']} · {results['model']} · {results['method']} · seed {results['seed']}", "",
              "| split | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for split in ("dev", "test"):
-        m = results[split]
+    rows = [("dev", "dev"), ("test", "test")]
+    if "test_posthoc_ts" in results:
+        rows.append(("test_posthoc_ts", f"test + post-hoc TS (T={results['posthoc_temperature']:.3f})"))
+    for key, name in rows:
+        m = results[key]
         n = m.get("n", m.get("n_sentences", ""))
-        vals = [f"{100 * m[c]:.2f}" if c in (primary, "ece") else f"{m[c]:.4f}" for c in cols if c in m]
-        lines.append(f"| {split} | {n} | " + " | ".join(vals) + " |")
+        vals = [f"{100 * m[c]:.2f}" if c in (primary, "ece") else f"{m[c]:.4f}" if c in m else "–"
+                for c in cols]
+        lines.append(f"| {name} | {n} | " + " | ".join(vals) + " |")
     lines += ["", f"{primary} and ECE (15 equal-width bins, top-label) in %.", "",
               "| fact | value |", "|---|---|"]
     facts = {"train examples": results["sizes"]["train"], "max_len": results["max_len"],
@@ -136,6 +142,27 @@ def reliability_inputs(task_type: str, preds: dict, encoded) -> tuple[np.ndarray
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def posthoc_temperature_scaling(exp, run) -> dict:
+    """The standard calibration baseline next to every variant: one scalar T fitted on dev NLL.
+
+    Returns `posthoc_temperature` and `{dev,test}_posthoc_ts` metric dicts (the
+    dev numbers are in-sample for T, the test numbers are the ones to compare).
+    """
+    dev_probs, dev_labels = reliability_inputs(exp.task_type, run.predictions["dev"], exp.encoded["dev"])
+    t = fit_temperature(np.log(np.clip(dev_probs, 1e-30, None)), dev_labels)
+    out = {"posthoc_temperature": t}
+    for split in ("dev", "test"):
+        preds = run.predictions[split]
+        if exp.task_type == "cls":
+            scaled_probs = rescale_probs(preds["probs"], t)
+        else:
+            scaled_probs = [rescale_probs(p, t) if np.size(p) else p for p in preds["probs"]]
+        metrics = _scalars(exp.evaluate(split, dict(preds, probs=scaled_probs)))
+        metrics.pop("loss", None)        # `loss` is the model's own NLL, unchanged by post-hoc T
+        out[f"{split}_posthoc_ts"] = metrics
+    return out
+
+
 def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
     """results.json, predictions.jsonl, results.md and reliability.png; returns the results dict."""
     from umema_jax.metrics import reliability_diagram
@@ -157,6 +184,7 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
         "devices": [str(d) for d in jax.devices()], "mesh": dict(mesh.shape),
         "jax_version": jax.__version__,
     }
+    results.update(posthoc_temperature_scaling(exp, run))
     write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
         f.write(results_table(results))
@@ -165,6 +193,9 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
                                      exp.encoded["test"], info["examples"]["test"])
         write_predictions(os.path.join(workdir, "predictions.jsonl"), records)
     probs, labels = reliability_inputs(exp.task_type, run.predictions["test"], exp.encoded["test"])
-    reliability_diagram({config.model.method: (probs, labels)}, os.path.join(workdir, "reliability.png"),
+    t = results["posthoc_temperature"]
+    curves = {config.model.method: (probs, labels),
+              f"{config.model.method} + post-hoc TS (T={t:.2f})": (rescale_probs(probs, t), labels)}
+    reliability_diagram(curves, os.path.join(workdir, "reliability.png"),
                         title=f"{config.data.name} test · {config.model.name}")
     return results

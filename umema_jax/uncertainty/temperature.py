@@ -67,3 +67,15 @@ def fit_temperature(logits, labels, mask=None, ignore_index: int = -100,
 def apply_temperature(logits, temperature: float):
     """Divides logits by the fitted T (works for numpy or jax arrays, any shape)."""
     return logits / temperature
+
+
+def rescale_probs(probs, temperature: float) -> np.ndarray:
+    """softmax(log p / T) over the last axis.
+
+    log p equals the logits up to a per-row constant, which softmax ignores, so
+    this is exactly temperature scaling for callers that kept probabilities only.
+    """
+    log_p = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None)) / float(temperature)
+    log_p -= log_p.max(axis=-1, keepdims=True)
+    p = np.exp(log_p)
+    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
