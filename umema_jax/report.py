@@ -1,0 +1,93 @@
+"""Compare finished runs: one markdown row per run directory, from its `results.json`.
+
+    python -m umema_jax.report runs/semeval_*            # prints the table
+    python -m umema_jax.report runs/semeval_* --out=docs/results_semeval.md --json=summary.json
+
+Rows are relative to the first run whose method is `lora` (step time ratio and
+extra parameters), so an ablation sweep reads as "what each branch costs and buys".
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+_OUT = flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
+_JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON to this file.")
+
+
+def load_run(workdir: str) -> dict:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no results.json (run unfinished or not a run directory)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Flat rows: test metrics raw and after post-hoc TS, time per epoch, params; ratios vs LoRA."""
+    rows = []
+    for r in results:
+        primary = r["primary_metric"]
+        test, ts = r["test"], r.get("test_posthoc_ts", {})
+        rows.append({
+            "dataset": r["dataset"], "model": r["model"], "method": r["method"], "seed": r["seed"],
+            "primary_metric": primary, "test_primary": test[primary], "test_ece": test["ece"],
+            "test_nll": test["nll"], "test_brier": test["brier"],
+            "ts_temperature": r.get("posthoc_temperature"), "ts_ece": ts.get("ece"),
+            "ts_nll": ts.get("nll"), "ts_brier": ts.get("brier"),
+            "dev_primary": r["dev"][primary], "best_step": r["best_step"], "steps": r["steps"],
+            "trainable_params": r["params"]["trainable"], "total_params": r["params"]["total"],
+            "train_time_per_epoch_s": r.get("mean_train_time_per_epoch_s"),
+        })
+    base = next((row for row in rows if row["method"] == "lora"), None)
+    for row in rows:
+        if base is not None:
+            row["extra_params_vs_lora"] = row["trainable_params"] - base["trainable_params"]
+            if row["train_time_per_epoch_s"] and base["train_time_per_epoch_s"]:
+                row["epoch_time_vs_lora"] = row["train_time_per_epoch_s"] / base["train_time_per_epoch_s"]
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    primary = rows[0]["primary_metric"]
+    head = (f"| method | test {primary} | ECE | NLL | Brier | + post-hoc TS: T | ECE | NLL | Brier "
+            f"| trainable params | extra vs LoRA | s/epoch | epoch time vs LoRA |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    pct = lambda x: "–" if x is None else f"{100 * x:.2f}"
+    num = lambda x, d=4: "–" if x is None else f"{x:.{d}f}"
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {pct(r['test_primary'])} | {pct(r['test_ece'])} | {num(r['test_nll'])} "
+            f"| {num(r['test_brier'])} | {num(r['ts_temperature'], 3)} | {pct(r['ts_ece'])} | {num(r['ts_nll'])} "
+            f"| {num(r['ts_brier'])} | {r['trainable_params']:,} | {r.get('extra_params_vs_lora', 0):+,} "
+            f"| {num(r['train_time_per_epoch_s'], 1)} | {num(r.get('epoch_time_vs_lora'), 2)} |")
+    return "\n".join(lines) + f"\n\n{primary} and ECE (15 equal-width bins, top-label) in %.\n"
+
+
+def main(argv):
+    dirs = argv[1:]
+    if not dirs:
+        print("usage: python -m umema_jax.report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+        sys.exit(2)
+    try:
+        rows = summarise([load_run(d) for d in dirs])
+    except FileNotFoundError as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    table = markdown(rows)
+    print(table)
+    if _OUT.value:
+        with open(_OUT.value, "w", encoding="utf-8") as f:
+            f.write(table)
+    if _JSON.value:
+        with open(_JSON.value, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
