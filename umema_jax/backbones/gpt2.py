@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
-from umema_jax.backbones.layers import Dense, LayerNorm, attention, attention_mask_4d, positions_from_mask
+from umema_jax.backbones.layers import (Dense, LayerNorm, attention, attention_mask_4d, gelu_tanh,
+                                        positions_from_mask)
 from umema_jax.backbones.output import BackboneOutput
 
 
@@ -33,7 +33,7 @@ class GPT2MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = self.dense(self.cfg.intermediate_size, name="c_fc")(x)
-        return self.dense(self.cfg.hidden_size, name="c_proj")(jax.nn.gelu(h, approximate=True))
+        return self.dense(self.cfg.hidden_size, name="c_proj")(gelu_tanh(h))
 
 
 class GPT2Block(nn.Module):

@@ -90,9 +90,82 @@ def attention_mask_4d(attention_mask):
 
 
 def attention(q, k, v, mask, dtype):
-    """q `[B,n,H,hd]`, k/v `[B,n,K,hd]` (GQA when K < H); returns `[B,n,H*hd]`."""
-    out = jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask)
-    return out.reshape(out.shape[:2] + (-1,))
+    """q `[B,n,H,hd]`, k/v `[B,n,K,hd]` (GQA when K < H), mask `[B,1,n,n]` bool; returns `[B,n,H*hd]`.
+
+    The arithmetic of `jax.nn.dot_product_attention(implementation='xla')` (logits
+    and softmax in fp32, masked logits set to -0.7 * finfo.max), with two speed-ups
+    measured in benchmarks/NOTES.md: GQA groups are contracted without repeating
+    K/V, and the backward is hand-written (`_attention_bwd`), keeping only q, k, v,
+    the probabilities and the output as residuals and using rowsum(dO * O) in
+    place of rowsum(dP * P) (as FlashAttention does).
+    """
+    b, n, h, hd = q.shape
+    kv = k.shape[2]
+    q = q.astype(dtype).reshape(b, n, kv, h // kv, hd)
+    out = _attention_core(q, k.astype(dtype), v.astype(dtype), mask)
+    return out.reshape(b, n, h * hd)
+
+
+def _attention_probs_out(q, k, v, mask):
+    """q `[B,n,K,G,hd]`, k/v `[B,n,K,hd]` -> (out `[B,n,K,G,hd]`, probs `[B,K,G,n,n]`)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    logits = logits * jnp.asarray(scale, logits.dtype)
+    big_neg = jnp.asarray(-0.7 * float(jnp.finfo(logits.dtype).max), logits.dtype)
+    logits = jnp.where(mask[:, :, None], logits, big_neg)
+    probs = jax.nn.softmax(logits, axis=-1).astype(k.dtype)
+    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v), probs
+
+
+@jax.custom_vjp
+def _attention_core(q, k, v, mask):
+    return _attention_probs_out(q, k, v, mask)[0]
+
+
+def _attention_fwd(q, k, v, mask):
+    out, probs = _attention_probs_out(q, k, v, mask)
+    return out, (q, k, v, probs, out)
+
+
+def _attention_bwd(res, d_out):
+    q, k, v, probs, out = res
+    f32 = jnp.float32
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    d_v = jnp.einsum("bkgqs,bqkgd->bskd", probs, d_out).astype(v.dtype)
+    d_p = jnp.einsum("bqkgd,bskd->bkgqs", d_out, v, preferred_element_type=f32)
+    # rowsum(dP * P) == rowsum(dO * O). Summed by a matrix-vector product: XLA:CPU's fused
+    # multiply-reduce over a short (head_dim) minor axis is ~4x slower (benchmarks/NOTES.md).
+    prod = (d_out.astype(f32) * out.astype(f32)).reshape(-1, q.shape[-1])
+    delta = jnp.dot(prod, jnp.ones((q.shape[-1],), f32)).reshape(out.shape[:-1])   # [b,q,k,g]
+    delta = jnp.transpose(delta, (0, 2, 3, 1))                                        # [b,k,g,q]
+    d_s = (probs.astype(f32) * (d_p - delta[..., None]) * scale).astype(q.dtype)
+    d_q = jnp.einsum("bkgqs,bskd->bqkgd", d_s, k).astype(q.dtype)
+    d_k = jnp.einsum("bkgqs,bqkgd->bskd", d_s, q).astype(k.dtype)
+    return d_q, d_k, d_v, None
+
+
+_attention_core.defvjp(_attention_fwd, _attention_bwd)
+
+
+@jax.custom_jvp
+def gelu_tanh(x):
+    """GPT-2's `gelu_new`: the forward is exactly `jax.nn.gelu(x, approximate=True)`.
+
+    The custom derivative (computed in the forward fusion) leaves ONE activation-sized
+    residual for the backward instead of autodiff's chain (x, x^3, tanh, ...): less
+    memory written and read per step (benchmarks/NOTES.md).
+    """
+    return jax.nn.gelu(x, approximate=True)
+
+
+@gelu_tanh.defjvp
+def _gelu_tanh_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    c = math.sqrt(2.0 / math.pi)
+    xf = x.astype(jnp.float32)
+    th = jnp.tanh(c * (xf + 0.044715 * xf * xf * xf))
+    dy = 0.5 * (1.0 + th) + 0.5 * xf * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * xf * xf)
+    return jax.nn.gelu(x, approximate=True), dy.astype(x.dtype) * t
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling) -> np.ndarray:

@@ -1,0 +1,401 @@
+"""Benchmark the project's own jitted train and eval steps.
+
+    python -m umema_jax.bench                       # GPT-2 small, LoRA, seq 128, batch 8, fp32
+    python -m umema_jax.bench --method=lora,full --seq_len=512
+    python -m umema_jax.bench --compare             # lora, lora+um, lora+ema, full, alternated
+    python -m umema_jax.bench --backbone=smollm2-135m --compare
+
+What is timed is exactly what `train/loop.py` runs: `train/step.py`'s
+`make_train_step` jitted by `jit_train_step` (forward, masked cross-entropy,
+gradients w.r.t. the trainable sub-tree, global-norm clipping, AdamW, the EMA
+bank update carried in the state, donation of the state) and the eval step,
+on the model of `umema_jax/model.py`, after compilation and warm-up, on a fixed
+random batch (no padding). Weights are random for a named config
+(`--weights=random`, default) or loaded with `--weights=load`.
+
+One JSON line per configuration: `method`, shapes, `tokens_per_s`, `step_s`
+(median; `step_s_min` / `step_s_max` over `--steps` >= 10 timed steps),
+`eval_*`, `compile_s`, `peak_rss_mb` (process peak: run one configuration per
+process for a clean number), `device_peak_mb` (where the device reports it),
+`trainable_params`, `total_params`, `flops_per_step` (analytic model FLOPs,
+see `step_flops`) and `mfu` when the device's peak is known (`--peak_tflops`).
+
+`--compare` builds every method of `--methods_to_compare` in one process,
+then times them round-robin (`--rounds` rounds of `--steps_per_round` steps
+each), so machine noise hits all alike, and prints each method's step time
+relative to plain `lora` (ratio of medians and median of per-round ratios).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import types
+
+from absl import app, flags
+
+_BACKBONE = flags.DEFINE_string("backbone", "gpt2", "Named config (random weights) or, with --weights=load, "
+                                "a checkpoint name/path for umema_jax.weights.load.")
+_WEIGHTS = flags.DEFINE_enum("weights", "random", ["random", "load"], "Random weights or a real checkpoint.")
+_TASK = flags.DEFINE_enum("task", "cls", ["cls", "ner"], "Task type (head on the pooled token / every token).")
+_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated methods: lora, lora+um, lora+ema, full.")
+_SEQ = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_FROZEN_DTYPE = flags.DEFINE_enum("frozen_dtype", "", ["", "float32", "bfloat16"],
+                                  "Storage dtype of the frozen backbone ('' = same as --dtype).")
+_DEVICES = flags.DEFINE_integer("devices", 1, "Devices to use (data parallel); on CPU more are faked with "
+                                "--xla_force_host_platform_device_count.")
+_MESH_MODEL = flags.DEFINE_integer("mesh_model", 1, "FSDP shards of the frozen backbone (mesh.model).")
+_NUM_LABELS = flags.DEFINE_integer("num_labels", 2, "Classes / tags.")
+_POOLING = flags.DEFINE_enum("pooling", "last", ["last", "mean"], "Sequence summary for cls.")
+_RANK = flags.DEFINE_integer("lora_rank", 8, "LoRA rank.")
+_ALPHA = flags.DEFINE_float("lora_alpha", 16.0, "LoRA alpha.")
+_LORA_DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout (the reference runs at 0 too).")
+_TARGET = flags.DEFINE_string("lora_target", "", "LoRA target regex ('' = arch default: c_attn / q_proj|v_proj).")
+_TRAINABLE = flags.DEFINE_string("trainable_regex", r"^(head|um|ema)/",
+                                 "Params trained besides LoRA ('.*' = full fine-tuning).")
+_REMAT = flags.DEFINE_bool("remat", False, "model.remat: recompute each backbone layer in the backward pass.")
+_GRAD_ACCUM = flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per configuration.")
+_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 10, "Timed eval steps (0 = skip the eval step).")
+_COMPARE = flags.DEFINE_bool("compare", False, "Alternate --methods_to_compare in one process; print ratios.")
+_COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "lora,lora+um,lora+ema,full",
+                                       "Methods for --compare (the first is the baseline).")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "--compare: round-robin rounds.")
+_STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "--compare: timed train steps per method per round.")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak device TFLOP/s for the MFU (0 = known GPUs only).")
+_XLA_COST = flags.DEFINE_bool("xla_cost", False, "Also report XLA's own cost analysis (flops) of the step.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for weights and the random batch.")
+_OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
+_TAG = flags.DEFINE_string("tag", "", "Free-form label copied into every record.")
+
+METHODS = ("lora", "lora+um", "lora+ema", "full")
+
+# Dense peak TFLOP/s by device kind substring and compute dtype (fp32 on GPUs = TF32 tensor cores,
+# JAX's default matmul precision there).
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.0, "float32": 494.0},
+    "H100": {"bfloat16": 989.0, "float32": 494.0},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+    "L4": {"bfloat16": 121.0, "float32": 60.0},
+}
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def _linear_shapes(cfg) -> list[tuple[str, int, int]]:
+    """(name, in, out) of every per-layer matmul of one block."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    if cfg.arch == "gpt2":
+        return [("c_attn", d, 3 * d), ("attn/c_proj", d, d), ("c_fc", d, f), ("mlp/c_proj", f, d)]
+    hd = cfg.head_dim
+    return [("q_proj", d, cfg.num_heads * hd), ("k_proj", d, cfg.num_kv_heads * hd),
+            ("v_proj", d, cfg.num_kv_heads * hd), ("o_proj", cfg.num_heads * hd, d),
+            ("gate_proj", d, f), ("up_proj", d, f), ("down_proj", f, d)]
+
+
+def step_flops(cfg, *, seq_len: int, batch: int, lora_rank: int, lora_regex: str, task: str,
+               num_labels: int, full_finetune: bool = False) -> dict:
+    """Analytic model FLOPs of one train step and one eval step (a multiply-add = 2 FLOPs).
+
+    Counted: every per-layer matmul (forward), attention scores and values over the full
+    n x n square (as the kernels compute it; no causal halving), LoRA branches, the task head.
+    Backward = activation gradients through every matmul except the first layer's input
+    projections (nothing below them needs a gradient), 2x the attention forward, plus weight
+    gradients only for what is trained (LoRA + head; every matmul with `full_finetune`).
+    Remat recomputation, norms, softmax and elementwise ops are not counted (model FLOPs,
+    the MFU convention). No LM head (cls/ner heads read hidden states). UM/EMA are omitted
+    (< 0.1% at these shapes).
+    """
+    import re
+    tokens = batch * seq_len
+    L, d = cfg.num_layers, cfg.hidden_size
+    shapes = _linear_shapes(cfg)
+    mm = sum(2 * i * o for _, i, o in shapes)                              # per token per layer
+    first_in = sum(2 * i * o for n, i, o in shapes if n in ("c_attn", "q_proj", "k_proj", "v_proj"))
+    attn = 2 * 2 * seq_len * cfg.num_heads * cfg.head_dim                  # QK^T + PV per token per layer
+    pat = re.compile(lora_regex)
+    lora = sum(2 * lora_rank * (i + o) for n, i, o in shapes if pat.search(n)) if lora_rank else 0
+    head_tokens = tokens if task == "ner" else batch
+    head = 2 * d * num_labels * head_tokens
+    fwd = tokens * L * (mm + attn + lora) + head
+    bwd_act = tokens * (L * (mm + 2 * attn + lora) - first_in) + head
+    bwd_w = tokens * L * (lora + (mm if full_finetune else 0)) + head
+    return {"train": fwd + bwd_act + bwd_w, "forward": fwd}
+
+
+def peak_flops(device, dtype: str, override_tflops: float) -> float | None:
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    kind = getattr(device, "device_kind", "")
+    for key, table in PEAK_TFLOPS.items():
+        if key in kind:
+            return table[dtype] * 1e12
+    return None
+
+
+# ----------------------------------------------------------------------------- setup
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def device_peak_mb(devices) -> float | None:
+    peaks = []
+    for dev in devices:
+        try:
+            stats = dev.memory_stats()
+        except Exception:  # noqa: BLE001 - backends without memory stats
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"] / 2**20)
+    return max(peaks) if peaks else None
+
+
+def _stats(times: list[float]) -> dict:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def model_view(method: str):
+    """The root-config view that `umema_jax.model.make_model` reads."""
+    lora = dict(rank=_RANK.value, alpha=_ALPHA.value, dropout=_LORA_DROPOUT.value, target_regex=_TARGET.value)
+    model = types.SimpleNamespace(name=_BACKBONE.value, method=method, pooling=_POOLING.value, lora=lora,
+                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value)
+    task = types.SimpleNamespace(type=_TASK.value, num_labels=_NUM_LABELS.value)
+    return types.SimpleNamespace(model=model, task=task)
+
+
+def random_batch(rng, vocab: int):
+    import numpy as np
+    b, n = _BATCH.value, _SEQ.value
+    r = np.random.default_rng(rng)
+    batch = {"input_ids": r.integers(0, vocab, (b, n), dtype=np.int32),
+             "attention_mask": np.ones((b, n), np.int32),
+             "example_mask": np.ones((b,), np.int32), "task_id": np.zeros((b,), np.int32)}
+    if _TASK.value == "cls":
+        batch["labels"] = r.integers(0, _NUM_LABELS.value, (b,), dtype=np.int32)
+    else:
+        batch["labels"] = r.integers(0, _NUM_LABELS.value, (b, n), dtype=np.int32)
+    return batch
+
+
+class Runner:
+    """One method's compiled train/eval steps, state and inputs."""
+
+    def __init__(self, method: str, mesh, shared: dict):
+        import jax
+        import jax.numpy as jnp
+        from umema_jax.model import init_variables, make_model
+        from umema_jax.train import sharding as shd
+        from umema_jax.train.state import cast_tree, count_params, create_train_state, make_optimizer, split_params
+        from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+
+        self.method = method
+        backbone_cfg, weights = shared["backbone"]
+        model = make_model(model_view(method), backbone_cfg)
+        variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
+        params = dict(variables["params"])
+        if weights is not None:
+            params["backbone"] = jax.tree.map(jnp.asarray, weights)
+        trained, frozen = split_params(params, _TRAINABLE.value)
+        del params, variables["params"]
+        frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
+        trainable = {"lora": variables.get("lora", {}), "params": trained}
+        optim = types.SimpleNamespace(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9,
+                                      b2=0.999, eps=1e-8, grad_clip_norm=1.0)
+        tx, schedule = make_optimizer(optim, 1_000_000)
+        rules = shd.FSDP_RULE_SETS["default"]
+        frozen_sh = shd.named(mesh, shd.tree_specs(frozen, rules, mesh))
+        # Every method has the same frozen backbone (same seed): share one copy across runners.
+        key = jax.tree.structure(frozen), tuple((x.shape, x.dtype) for x in jax.tree.leaves(frozen))
+        if shared.get("frozen_key") == key:
+            frozen = shared["frozen"]
+        else:
+            frozen = jax.device_put(frozen, frozen_sh)
+            shared.update(frozen_key=key, frozen=frozen)
+        self.frozen = frozen
+        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value)
+        state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
+        self.state = jax.device_put(state, state_sh)
+        self.batch = shd.put_batch(shared["batch"], mesh)
+        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value),
+                                  state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
+        # Exactly as train/loop.py builds them.
+        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value), state_sh, frozen_sh, shd.batch_sharding(mesh),
+                                shd.replicated(mesh))
+        self.trainable_params = count_params(trainable)
+        self.total_params = count_params(trainable) + count_params(frozen)
+
+        t0 = time.perf_counter()
+        lowered = train_fn.lower(self.state, self.frozen, self.batch)
+        self.train_c = lowered.compile()
+        self.compile_s = time.perf_counter() - t0
+        self.xla_flops = None
+        if _XLA_COST.value:
+            try:
+                cost = self.train_c.cost_analysis()
+                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+                self.xla_flops = float(cost.get("flops", 0.0)) or None
+            except Exception:  # noqa: BLE001
+                pass
+        self.eval_c, self.eval_compile_s = None, None
+        if _EVAL_STEPS.value > 0:
+            t0 = time.perf_counter()
+            self.eval_c = eval_fn.lower(self.state, self.frozen, self.batch).compile()
+            self.eval_compile_s = time.perf_counter() - t0
+        self.times: list[float] = []
+        self.eval_times: list[float] = []
+        for _ in range(_WARMUP.value):
+            self.train(record=False)
+        if self.eval_c is not None:
+            self.evaluate(record=False)
+
+    def train(self, record: bool = True) -> None:
+        import jax
+        t0 = time.perf_counter()
+        self.state, metrics = self.train_c(self.state, self.frozen, self.batch)
+        jax.block_until_ready((self.state, metrics))
+        dt = time.perf_counter() - t0
+        if record:
+            self.times.append(dt)
+        if int(metrics["finite"]) != 1:
+            raise FloatingPointError(f"{self.method}: non-finite loss or gradient in the benchmark step")
+
+    def evaluate(self, record: bool = True) -> None:
+        import jax
+        t0 = time.perf_counter()
+        jax.block_until_ready(self.eval_c(self.state, self.frozen, self.batch))
+        if record:
+            self.eval_times.append(time.perf_counter() - t0)
+
+    def record(self, shared: dict, devices) -> dict:
+        from umema_jax.adapters.lora import LoraConfig
+        cfg = shared["backbone"][0]
+        tokens = _BATCH.value * _SEQ.value
+        st = _stats(self.times)
+        lcfg = LoraConfig(rank=_RANK.value, alpha=_ALPHA.value, target_regex=_TARGET.value or None)
+        fl = step_flops(cfg, seq_len=_SEQ.value, batch=_BATCH.value, lora_rank=_RANK.value,
+                        lora_regex=lcfg.regex(cfg.arch), task=_TASK.value, num_labels=_NUM_LABELS.value,
+                        full_finetune=_TRAINABLE.value in (".*", "^.*$", ""))
+        peak = peak_flops(devices[0], _DTYPE.value, _PEAK_TFLOPS.value)
+        rec = dict(
+            impl="umema_jax", method=self.method, backbone=_BACKBONE.value, weights=_WEIGHTS.value,
+            task=_TASK.value, seq_len=_SEQ.value, batch=_BATCH.value, dtype=_DTYPE.value,
+            frozen_dtype=_FROZEN_DTYPE.value or _DTYPE.value, devices=len(devices), mesh_model=_MESH_MODEL.value,
+            num_labels=_NUM_LABELS.value, lora_rank=_RANK.value, dropout=_LORA_DROPOUT.value,
+            trainable_regex=_TRAINABLE.value, remat=_REMAT.value, steps=len(self.times),
+            tokens_per_s=tokens / st["median"], step_s=st["median"], step_s_min=st["min"], step_s_max=st["max"],
+            compile_s=self.compile_s,
+            peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices),
+            trainable_params=self.trainable_params, total_params=self.total_params,
+            flops_per_step=fl["train"], tflops_per_s=fl["train"] / st["median"] / 1e12,
+            mfu=(fl["train"] / st["median"] / peak) if peak else None,
+        )
+        if self.xla_flops is not None:
+            rec["xla_flops_per_step"] = self.xla_flops
+        if self.eval_times:
+            se = _stats(self.eval_times)
+            rec.update(eval_tokens_per_s=tokens / se["median"], eval_step_s=se["median"],
+                       eval_step_s_min=se["min"], eval_step_s_max=se["max"], eval_compile_s=self.eval_compile_s,
+                       eval_flops=fl["forward"])
+        import jax
+        rec.update(platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
+                   host_cpus=len(os.sched_getaffinity(0)), versions=dict(jax=jax.__version__, python=platform.python_version()),
+                   xla_flags=os.environ.get("XLA_FLAGS", ""), tag=_TAG.value)
+        return rec
+
+
+def emit(rec: dict) -> None:
+    line = json.dumps(rec)
+    print(line, flush=True)
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "a") as f:
+            f.write(line + "\n")
+
+
+def _parse_methods(spec: str) -> list[str]:
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise app.UsageError(f"unknown method(s) {bad}; choose from {METHODS}")
+    return methods
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if _STEPS.value < 1 or (_COMPARE.value and _ROUNDS.value * _STEPS_PER_ROUND.value < 1):
+        raise app.UsageError("need at least one timed step")
+    if _DEVICES.value > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Only takes effect on CPU, and only before jax initialises its backends (it has not yet).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={_DEVICES.value}").strip()
+    import jax
+    from umema_jax.backbones.config import get_backbone_config
+    from umema_jax.train import sharding as shd
+
+    devices = jax.devices()[:_DEVICES.value]
+    if len(devices) < _DEVICES.value:
+        raise app.UsageError(f"--devices={_DEVICES.value} but only {len(jax.devices())} available")
+    mesh = shd.make_mesh(data=len(devices) // _MESH_MODEL.value, model=_MESH_MODEL.value, devices=devices)
+    if _WEIGHTS.value == "load":
+        from umema_jax.weights.load import load_backbone_weights
+        backbone = load_backbone_weights(_BACKBONE.value)
+    else:
+        backbone = (get_backbone_config(_BACKBONE.value), None)
+    shared = {"backbone": backbone, "batch": random_batch(_SEED.value, backbone[0].vocab_size)}
+
+    if not _COMPARE.value:
+        for method in _parse_methods(_METHOD.value):
+            runner = Runner(method, mesh, shared)
+            for _ in range(_STEPS.value):
+                runner.train()
+            for _ in range(_EVAL_STEPS.value):
+                runner.evaluate()
+            emit(runner.record(shared, devices))
+            del runner
+        return
+
+    methods = _parse_methods(_COMPARE_METHODS.value)
+    runners = [Runner(m, mesh, shared) for m in methods]
+    per_round: dict[str, list[float]] = {m: [] for m in methods}
+    eval_per_round = max(1, _EVAL_STEPS.value // _ROUNDS.value) if _EVAL_STEPS.value else 0
+    for r in range(_ROUNDS.value):
+        order = runners if r % 2 == 0 else runners[::-1]   # alternate the order, too
+        for runner in order:
+            start = len(runner.times)
+            for _ in range(_STEPS_PER_ROUND.value):
+                runner.train()
+            per_round[runner.method].append(statistics.median(runner.times[start:]))
+            for _ in range(eval_per_round):
+                runner.evaluate()
+    base = runners[0]
+    base_med = statistics.median(base.times)
+    summary = {"impl": "umema_jax", "compare": True, "baseline": base.method, "backbone": _BACKBONE.value,
+               "task": _TASK.value, "seq_len": _SEQ.value, "batch": _BATCH.value, "dtype": _DTYPE.value,
+               "rounds": _ROUNDS.value, "steps_per_round": _STEPS_PER_ROUND.value, "relative_step_time": {},
+               "relative_step_time_per_round": {}, "relative_eval_time": {}, "tag": _TAG.value}
+    for runner in runners:
+        rec = runner.record(shared, devices)
+        rec["relative_step_time"] = statistics.median(runner.times) / base_med
+        ratios = [a / b for a, b in zip(per_round[runner.method], per_round[base.method])]
+        rec["relative_step_time_per_round"] = statistics.median(ratios)
+        summary["relative_step_time"][runner.method] = rec["relative_step_time"]
+        summary["relative_step_time_per_round"][runner.method] = rec["relative_step_time_per_round"]
+        if runner.eval_times and base.eval_times:
+            rec["relative_eval_time"] = statistics.median(runner.eval_times) / statistics.median(base.eval_times)
+            summary["relative_eval_time"][runner.method] = rec["relative_eval_time"]
+        emit(rec)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    emit(summary)
+    for m in methods:
+        print(f"# {m:9s} step x{summary['relative_step_time'][m]:.3f} of {base.method} "
+              f"(per-round median x{summary['relative_step_time_per_round'][m]:.3f})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)
