@@ -11,8 +11,6 @@ def get_config():
     c.data.name = "20news"
     c.data.max_len = 256
     c.data.dev_size = 500
-    c.train.epochs = 3
-    c.train.batch_size = 16
     c.train.eval_batch_size = 32
     c.optim.learning_rate = 5e-4
     return c

@@ -6,8 +6,5 @@ def get_config():
     c = base_config()
     c.data.name = "wnut17"
     c.data.max_len = 128
-    c.train.epochs = 3
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 64
     c.optim.learning_rate = 5e-4
     return c
