@@ -303,9 +303,12 @@ class Runner:
                        eval_step_s_min=se["min"], eval_step_s_max=se["max"], eval_compile_s=self.eval_compile_s,
                        eval_flops=fl["forward"])
         import jax
+        from umema_jax import runtime
         rec.update(platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
                    host_cpus=len(os.sched_getaffinity(0)), versions=dict(jax=jax.__version__, python=platform.python_version()),
-                   xla_flags=os.environ.get("XLA_FLAGS", ""), tag=_TAG.value)
+                   xla_flags=os.environ.get("XLA_FLAGS", ""),
+                   compiler_options=runtime.compiler_options(devices[0].platform),
+                   tag=_TAG.value)
         return rec
 
 

@@ -93,28 +93,32 @@ def attention(q, k, v, mask, dtype):
     """q `[B,n,H,hd]`, k/v `[B,n,K,hd]` (GQA when K < H), mask `[B,1,n,n]` bool; returns `[B,n,H*hd]`.
 
     The arithmetic of `jax.nn.dot_product_attention(implementation='xla')` (logits
-    and softmax in fp32, masked logits set to -0.7 * finfo.max), with two speed-ups
-    measured in benchmarks/NOTES.md: GQA groups are contracted without repeating
-    K/V, and the backward is hand-written (`_attention_bwd`), keeping only q, k, v,
-    the probabilities and the output as residuals and using rowsum(dO * O) in
-    place of rowsum(dP * P) (as FlashAttention does).
+    and softmax in fp32, masked logits set to -0.7 * finfo.max), with the speed-ups
+    measured in benchmarks/NOTES.md: heads are moved in front of the sequence once
+    (head-major `[B,K,G,n,hd]`, so every score / value product is a plain batched
+    GEMM over contiguous `[n,hd]` panels), GQA groups are contracted without
+    repeating K/V, and the backward is hand-written (`_attention_bwd`), keeping only
+    q, k, v, the probabilities and the output as residuals and using rowsum(dO * O)
+    in place of rowsum(dP * P) (as FlashAttention does).
     """
     b, n, h, hd = q.shape
     kv = k.shape[2]
-    q = q.astype(dtype).reshape(b, n, kv, h // kv, hd)
-    out = _attention_core(q, k.astype(dtype), v.astype(dtype), mask)
-    return out.reshape(b, n, h * hd)
+    q = jnp.transpose(q.astype(dtype).reshape(b, n, kv, h // kv, hd), (0, 2, 3, 1, 4))   # [B,K,G,n,hd]
+    k = jnp.transpose(k.astype(dtype), (0, 2, 1, 3))                                      # [B,K,n,hd]
+    v = jnp.transpose(v.astype(dtype), (0, 2, 1, 3))
+    out = _attention_core(q, k, v, mask)                                                  # [B,K,G,n,hd]
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, n, h * hd)
 
 
 def _attention_probs_out(q, k, v, mask):
-    """q `[B,n,K,G,hd]`, k/v `[B,n,K,hd]` -> (out `[B,n,K,G,hd]`, probs `[B,K,G,n,n]`)."""
+    """Head-major q `[B,K,G,n,hd]`, k/v `[B,K,n,hd]` -> (out `[B,K,G,n,hd]`, probs `[B,K,G,n,n]`)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
     logits = logits * jnp.asarray(scale, logits.dtype)
     big_neg = jnp.asarray(-0.7 * float(jnp.finfo(logits.dtype).max), logits.dtype)
     logits = jnp.where(mask[:, :, None], logits, big_neg)
     probs = jax.nn.softmax(logits, axis=-1).astype(k.dtype)
-    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v), probs
+    return jnp.einsum("bkgqs,bksd->bkgqd", probs, v), probs
 
 
 @jax.custom_vjp
@@ -131,16 +135,15 @@ def _attention_bwd(res, d_out):
     q, k, v, probs, out = res
     f32 = jnp.float32
     scale = 1.0 / math.sqrt(q.shape[-1])
-    d_v = jnp.einsum("bkgqs,bqkgd->bskd", probs, d_out).astype(v.dtype)
-    d_p = jnp.einsum("bqkgd,bskd->bkgqs", d_out, v, preferred_element_type=f32)
+    d_v = jnp.einsum("bkgqs,bkgqd->bksd", probs, d_out).astype(v.dtype)
+    d_p = jnp.einsum("bkgqd,bksd->bkgqs", d_out, v, preferred_element_type=f32)
     # rowsum(dP * P) == rowsum(dO * O). Summed by a matrix-vector product: XLA:CPU's fused
     # multiply-reduce over a short (head_dim) minor axis is ~4x slower (benchmarks/NOTES.md).
     prod = (d_out.astype(f32) * out.astype(f32)).reshape(-1, q.shape[-1])
-    delta = jnp.dot(prod, jnp.ones((q.shape[-1],), f32)).reshape(out.shape[:-1])   # [b,q,k,g]
-    delta = jnp.transpose(delta, (0, 2, 3, 1))                                        # [b,k,g,q]
+    delta = jnp.dot(prod, jnp.ones((q.shape[-1],), f32)).reshape(out.shape[:-1])   # [b,k,g,q]
     d_s = (probs.astype(f32) * (d_p - delta[..., None]) * scale).astype(q.dtype)
-    d_q = jnp.einsum("bkgqs,bskd->bqkgd", d_s, k).astype(q.dtype)
-    d_k = jnp.einsum("bkgqs,bqkgd->bskd", d_s, q).astype(k.dtype)
+    d_q = jnp.einsum("bkgqs,bksd->bkgqd", d_s, k).astype(q.dtype)
+    d_k = jnp.einsum("bkgqs,bkgqd->bksd", d_s, q).astype(k.dtype)
     return d_q, d_k, d_v, None
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from umema_jax import runtime
 from umema_jax.train.state import TrainState, merge_params
 
 IGNORE = -100
@@ -135,13 +136,21 @@ def make_eval_step(model, task_type: str) -> Callable:
     return eval_step
 
 
+def _platform(sharding) -> str:
+    return next(iter(sharding.device_set)).platform
+
+
 def jit_train_step(step_fn, state_shardings, frozen_shardings, batch_sharding, replicated):
-    """jit with explicit in/out shardings; the state (arg 0) is donated, `frozen` is not."""
+    """jit with explicit in/out shardings; the state (arg 0) is donated, `frozen` is not.
+
+    `runtime.compiler_options` adds the measured XLA:CPU settings on CPU meshes.
+    """
     return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_sharding),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,),
+                   compiler_options=runtime.compiler_options(_platform(batch_sharding)))
 
 
 def jit_eval_step(step_fn, state_shardings, frozen_shardings, batch_sharding, replicated):
     """Outputs replicated: every host can read the whole batch's predictions (multi-host safe)."""
     return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_sharding),
-                   out_shardings=replicated)
+                   out_shardings=replicated, compiler_options=runtime.compiler_options(_platform(batch_sharding)))
