@@ -98,8 +98,7 @@ def attention(q, k, v, mask, dtype):
     (head-major `[B,K,G,n,hd]`, so every score / value product is a plain batched
     GEMM over contiguous `[n,hd]` panels), GQA groups are contracted without
     repeating K/V, and the backward is hand-written (`_attention_bwd`), keeping only
-    q, k, v, the probabilities and the output as residuals and using rowsum(dO * O)
-    in place of rowsum(dP * P) (as FlashAttention does).
+    q, k, v and the probabilities as residuals.
     """
     b, n, h, hd = q.shape
     kv = k.shape[2]
@@ -128,19 +127,18 @@ def _attention_core(q, k, v, mask):
 
 def _attention_fwd(q, k, v, mask):
     out, probs = _attention_probs_out(q, k, v, mask)
-    return out, (q, k, v, probs, out)
+    return out, (q, k, v, probs)
 
 
 def _attention_bwd(res, d_out):
-    q, k, v, probs, out = res
+    q, k, v, probs = res
     f32 = jnp.float32
     scale = 1.0 / math.sqrt(q.shape[-1])
     d_v = jnp.einsum("bkgqs,bkgqd->bksd", probs, d_out).astype(v.dtype)
     d_p = jnp.einsum("bkgqd,bksd->bkgqs", d_out, v, preferred_element_type=f32)
-    # rowsum(dP * P) == rowsum(dO * O). Summed by a matrix-vector product: XLA:CPU's fused
-    # multiply-reduce over a short (head_dim) minor axis is ~4x slower (benchmarks/NOTES.md).
-    prod = (d_out.astype(f32) * out.astype(f32)).reshape(-1, q.shape[-1])
-    delta = jnp.dot(prod, jnp.ones((q.shape[-1],), f32)).reshape(out.shape[:-1])   # [b,k,g,q]
+    # Softmax backward: dS = P * (dP - rowsum(dP * P)). The probabilities are a residual anyway,
+    # so the output is not kept for FlashAttention's rowsum(dO * O) form (one activation less).
+    delta = jnp.sum(d_p * probs.astype(f32), axis=-1)                               # [b,k,g,q]
     d_s = (probs.astype(f32) * (d_p - delta[..., None]) * scale).astype(q.dtype)
     d_q = jnp.einsum("bkgqs,bksd->bkgqd", d_s, k).astype(q.dtype)
     d_k = jnp.einsum("bkgqs,bkgqd->bksd", d_s, q).astype(k.dtype)
