@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in benchmarks/README.md, in one go (CPU; ~35 min on 2 quiet cores).
+# Every number in benchmarks/README.md, in one go (CPU; ~40 min on 2 quiet cores).
 # Results (JSON lines) go to $OUT (default benchmarks/results/); the last line of each file is its summary.
 # Run on a quiet machine: ratios are alternated, but torch degrades far more than XLA when cores are shared.
 set -euo pipefail
@@ -19,3 +19,5 @@ $PY -m umema_jax.bench --compare --backbone=smollm2-135m --output "$OUT/compare_
 # 4. seq 512
 $PY benchmarks/compare_peft.py --seq_len 512 --batch 8 --alternations 2 --steps 10 --eval_steps 2 \
     --output "$OUT/peft_seq512.jsonl"
+# 5. the step's matmuls alone, XLA:CPU vs torch/MKL (the ceiling for the ratio in 1.)
+$PY benchmarks/gemm_ceiling.py --alternations 3 --steps 6 --output "$OUT/gemm_ceiling.jsonl"
