@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -103,7 +102,8 @@ def time_jax(attention: bool, steps: int, batch: int, seq: int) -> list[float]:
 def time_torch(attention: bool, steps: int, batch: int, seq: int, threads: int) -> list[float]:
     import torch
     torch.manual_seed(0)
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     shapes = dict(qkv=(D, 3 * D), o=(D, D), fc=(D, F), pr=(F, D))
     weights = [{k: torch.randn(*s) * 0.02 for k, s in shapes.items()} for _ in range(L)]
     x = torch.randn(batch * seq, D)
@@ -132,6 +132,7 @@ def one_side(args) -> None:
 
 
 def drive(args) -> None:
+    from compare_peft import run     # same fresh-process runner (last JSON line, stderr on failure); this dir is on sys.path
     py = {"jax": args.ours_python, "torch": args.ref_python}
     for impl, exe in py.items():
         if not os.path.exists(exe):
@@ -145,11 +146,7 @@ def drive(args) -> None:
                 cmd = [py[impl], os.path.abspath(__file__), "--impl", impl, "--steps", str(args.steps),
                        "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--threads", str(args.threads)]
                 cmd.append("--attention" if attention else "--no-attention")
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr[-3000:])
-                    raise SystemExit(f"failed: {' '.join(cmd)}")
-                recs[impl] = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
+                recs[impl] = run(cmd, dict(os.environ), ROOT)
                 recs[impl]["alternation"] = alt
                 records.append(recs[impl])
             ratios.append(recs["jax"]["chain_s"] / recs["torch"]["chain_s"])
@@ -174,7 +171,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=B)
     p.add_argument("--seq_len", type=int, default=T)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (XLA uses every core)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default, sized from the affinity mask like XLA's pool; "
+                        "as in peft_reference.py)")
     p.add_argument("--alternations", type=int, default=4)
     p.add_argument("--ours_python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     p.add_argument("--ref_python", default=os.path.join(ROOT, ".venv-ref", "bin", "python"))
