@@ -23,8 +23,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<dat
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (one process per host).")
 
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
-# Keys that may change between a run and its resumption (they do not affect results).
-RESUME_SAFE_PREFIXES = ("output.",)
 
 
 def fail(code: int, msg: str) -> None:
@@ -38,29 +36,43 @@ def default_workdir(config) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs", name)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+def make_workdir(workdir: str) -> None:
+    """Creates the run directory, or fails in one line (a file, a read-only or unwritable place)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        fail(EXIT_BAD_INPUT, f"--workdir={workdir}: cannot create it ({err.strerror or err})")
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        fail(EXIT_BAD_INPUT, f"--workdir={workdir}: not writable (read-only filesystem or permissions)")
+
+
+def resolved_config(config: dict) -> dict:
+    """The config as config.json records it: settings whose default depends on others resolved
+    (model.lora.alpha=-1 -> 2 * rank), so the file says what was trained."""
+    from umema_jax.adapters.lora import resolve_alpha
+    lora = config.get("model", {}).get("lora", {})
+    if "alpha" in lora:
+        lora["alpha"] = resolve_alpha(lora.get("rank", 8), lora["alpha"])
+    return config
 
 
 def check_resumable(workdir: str, resolved: dict) -> None:
-    """Refuses to resume a workdir trained under a different config (results would be a mix)."""
+    """Refuses to resume a workdir trained under a different config (results would be a mix): by its
+    config.json, and by the config its newest checkpoint records (which travels with the checkpoint).
+    Which keys count: `umema_jax.train.checkpoint.config_identity` (not output.*, data.data_dir)."""
+    from umema_jax.train.checkpoint import CheckpointError, check_config, config_differences
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        before = _flat(json.load(f))
-    now = _flat(json.loads(json.dumps(resolved)))
-    changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and not k.startswith(RESUME_SAFE_PREFIXES))
-    if changed:
-        fail(EXIT_BAD_INPUT, f"{workdir} holds a run with a different config ({', '.join(changed[:5])}); "
-                             f"use another --workdir or delete it")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            before = resolved_config(json.load(f))
+        changed = config_differences(before, resolved)
+        if changed:
+            fail(EXIT_BAD_INPUT, f"{workdir} holds a run with a different config ({', '.join(changed[:5])}); "
+                                 f"use another --workdir or delete it")
+    try:
+        check_config(workdir, resolved)
+    except CheckpointError as err:
+        fail(EXIT_BAD_INPUT, str(err))
 
 
 def unknown_config_key(argv: list) -> str | None:
@@ -126,21 +138,23 @@ def main(argv) -> None:
         jax.distributed.initialize()
     from umema_jax.train import outputs
     from umema_jax.train.build import build_experiment
+    from umema_jax.train.checkpoint import CheckpointError
     from umema_jax.train.loop import Interrupted, NonFiniteLoss, train_and_evaluate
     from umema_jax.train.sharding import make_mesh
 
     workdir = os.path.abspath(_WORKDIR.value or default_workdir(config))
-    os.makedirs(workdir, exist_ok=True)
-    resolved = config.to_dict()
+    make_workdir(workdir)
+    resolved = resolved_config(config.to_dict())
     check_resumable(workdir, resolved)
-    outputs.write_json(os.path.join(workdir, "config.json"), resolved)
 
     t0 = time.perf_counter()
     try:
         exp = build_experiment(config)
         mesh = make_mesh(config.mesh.data, config.mesh.model)
-    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
         fail(EXIT_BAD_INPUT, f"{type(err).__name__}: {err}".splitlines()[0])
+    # Only now: a start that failed above leaves no config.json to refuse the corrected command.
+    outputs.write_json(os.path.join(workdir, "config.json"), resolved)
     enc = exp.info["encoding"]
     print(f"{config.data.name}: train/dev/test = {exp.info['sizes']['train']}/{exp.info['sizes']['dev']}/"
           f"{exp.info['sizes']['test']}, max_len {config.data.max_len} "
@@ -152,6 +166,8 @@ def main(argv) -> None:
         run = train_and_evaluate(config, workdir, exp, mesh)
     except NonFiniteLoss as err:
         fail(EXIT_NONFINITE, str(err))
+    except CheckpointError as err:          # another config's checkpoint, or none intact
+        fail(EXIT_BAD_INPUT, str(err))
     except Interrupted as err:
         fail(EXIT_INTERRUPTED, str(err))
     results = outputs.write_all(workdir, config, exp, run, time.perf_counter() - t0, mesh)

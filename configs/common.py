@@ -37,11 +37,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = False                # rematerialise backbone layers in backward (activation memory ~ 1 layer)
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = 8                # paper: r = 8 (main results)
-    c.model.lora.alpha = 16.0            # 2r
+    c.model.lora.alpha = -1.0            # -1 = 2 * rank (paper: alpha = 2r, scale 2 at every rank)
     c.model.lora.dropout = 0.0
     c.model.lora.target_regex = ""       # '' = arch default (c_attn for GPT-2, q_proj|v_proj for LLaMA)
-    c.model.um = ml_collections.ConfigDict()      # forwarded to the UM branch as keyword arguments
-    c.model.ema = ml_collections.ConfigDict()     # forwarded to the EMA branch as keyword arguments
+    # UM branch (METHOD §1; fields of umema_jax.uncertainty.um.UMConfig), used by lora+um and full.
+    c.model.um = ml_collections.ConfigDict()
+    c.model.um.d_u = 64                  # bottleneck / latent size
+    c.model.um.quant_levels = 8          # Q: confidence quantisation levels
+    c.model.um.layers = ()               # backbone layers used for propagation; () = all (negatives from the end)
+    c.model.um.num_tasks = 1             # rows of the task-embedding table
+    c.model.um.temperature_bias_init = -4.0   # b_T at init (T starts ~1.02)
+    c.model.um.kappa_init = -4.0         # κ at init
+    c.model.um.temperature_max = 3.0     # soft bound of T; 0 = unbounded METHOD form (collapses, docs/METHOD_IMPL.md)
+    c.model.um.spread_eps = 1e-6
+    # EMA branch (METHOD §2; fields of umema_jax.memory.fusion.EMAConfig), used by lora+ema and full.
+    c.model.ema = ml_collections.ConfigDict()
+    c.model.ema.slots = 256              # J (paper)
+    c.model.ema.tau0 = 1.0               # base retrieval temperature
+    c.model.ema.d_u = 64                 # bottleneck of the query / gate / read projections
+    c.model.ema.top_k = 3                # top slots reported per prediction
+    c.model.ema.retrieval = "cosine"     # cosine | dot (METHOD form; collapses to one-hot, docs/METHOD_IMPL.md)
+    c.model.ema.retrieval_scale = 10.0   # cosine logit scale (fixed: bounds retrieval sharpness)
+    c.model.ema.query_norm = True        # LayerNorm c and M_U before the query projection
+    c.model.ema.mask_unwritten = True    # never-written (Xavier) slots get no retrieval weight
+    c.model.ema.axis_name = ""           # '' = None (jit + sharding); a mesh axis under shard_map/pmap
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "semeval"

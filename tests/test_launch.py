@@ -1,6 +1,7 @@
 """launch.py end to end on the smoke config: outputs, config errors, SIGKILL/SIGINT + resume = same numbers."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def check_outputs(workdir, out):
     assert results["dev_posthoc_ts"]["nll"] <= results["dev"]["nll"] + 1e-6   # T is fitted on dev NLL
     assert results["sizes"]["test"] == len(read(workdir, "predictions.jsonl").splitlines())
     assert results["method"] == "full" and results["train_time_per_epoch_s"]
+    assert (results["lora"]["rank"], results["lora"]["alpha"], results["lora"]["scale"]) == (8, 16.0, 2.0)
+    assert json.loads(read(workdir, "config.json"))["model"]["lora"]["alpha"] == 16.0   # -1 recorded resolved
     pred = json.loads(read(workdir, "predictions.jsonl").splitlines()[0])
     assert {"id", "gold", "pred", "confidence", "top_probs", "aux"} <= set(pred)
     assert "u_bar" in pred["aux"]                       # the model's uncertainty outputs travel along
@@ -112,6 +115,7 @@ def test_smoke_run_outputs_and_kill_interrupt_resume_is_bit_identical(env, tmp_p
     ("--config.model.method=lora+xyz", "model.method"),
     ("--config.data.data_dir=/no/such/dir", "data.data_dir"),
     ("--config.optim.learning_rate=-1", "optim.learning_rate"),
+    ("--config.optim.learning_rate=inf", "optim.learning_rate"),
     ("--config.data.train_size=0", "data.train_size"),
     ("--config.train.no_such_key=1", "unknown config key"),
 ])
@@ -131,3 +135,73 @@ def test_resuming_with_a_different_config_is_refused(env, tmp_path):
     rc, _, err = finish(launch(["--config=configs/smoke.py", "--config.seed=1", f"--workdir={tmp_path}"], env))
     assert rc == 2 and "different config (seed)" in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def error_line(err):
+    """The one stderr line of a refused start (the PyTorch notice of transformers aside)."""
+    lines = [line for line in err.splitlines() if line.strip() and "PyTorch was not found" not in line]
+    assert len(lines) == 1 and lines[0].startswith("launch.py: error:"), err
+    return lines[0]
+
+
+def test_unknown_model_name_fails_at_once_offline(env, tmp_path):
+    """Not a built-in, a local path or a cached hub id: one line, before any download is tried."""
+    workdir = tmp_path / "never"
+    t0 = time.time()
+    rc, _, err = finish(launch(["--config=configs/smoke.py", "--config.model.name=bogus-model",
+                                "--config.model.init_from_scratch=False", f"--workdir={workdir}"],
+                               dict(env, HF_HUB_OFFLINE="1")))
+    assert rc == 2 and "model.name='bogus-model'" in error_line(err)
+    assert time.time() - t0 < 60 and not workdir.exists()
+
+
+def test_failed_start_leaves_no_config_that_refuses_the_corrected_command(env, tmp_path):
+    """A start that fails on its data writes no config.json; the next command (another seed and
+    data_dir) is not refused as 'a different config'. Both data errors name file:line."""
+    bad = {}
+    for name, lineno, edit in (("malformed", 2, lambda b: b"Not-A-Relation\r"),
+                               ("latin1", 3, lambda b: b[:9] + b"\xff" + b[9:])):
+        folder = tmp_path / name
+        shutil.copytree(os.path.join(REPO, "tests", "fixtures", "data", "semeval_tiny"), folder)
+        lines = (folder / "TRAIN_FILE.TXT").read_bytes().split(b"\n")
+        lines[lineno - 1] = edit(lines[lineno - 1])
+        (folder / "TRAIN_FILE.TXT").write_bytes(b"\n".join(lines))
+        bad[name] = (folder, lineno)
+    workdir = tmp_path / "run"
+    for seed, (name, (folder, lineno)) in enumerate(bad.items()):
+        rc, _, err = finish(launch(["--config=configs/smoke.py", f"--config.data.data_dir={folder}",
+                                    f"--config.seed={seed}", f"--workdir={workdir}"], env))
+        assert rc == 2 and f"{folder / 'TRAIN_FILE.TXT'}:{lineno}:" in error_line(err), name
+        assert not (workdir / "config.json").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "cannot create", "not writable"])
+def test_unusable_workdir_fails_with_one_line(where, env, tmp_path):
+    (tmp_path / "file").write_text("x")
+    workdir = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "run",
+               "cannot create": "/sys/umema_jax_test_workdir",   # sysfs: mkdir refused, even to root
+               "not writable": "/proc/1"}[where]                 # exists; no write access, even for root
+    if where in ("cannot create", "not writable") and not os.path.isdir(os.path.dirname(str(workdir))):
+        pytest.skip("needs Linux /sys and /proc")
+    rc, _, err = finish(launch(["--config=configs/smoke.py", f"--workdir={workdir}"], env))
+    assert rc == 2 and f"--workdir={workdir}:" in error_line(err)
+
+
+def test_nonfinite_stop_keeps_the_checkpoint_it_names_and_that_checkpoint_knows_its_config(env, tmp_path):
+    """Exit 3 waits for the save it reports (nothing half-written, no orbax traceback at exit); the
+    checkpoint records its config, so with config.json gone another seed is still refused (exit 2)."""
+    workdir = tmp_path / "run"
+    args = ["--config=configs/smoke.py", "--config.optim.learning_rate=1e3",
+            "--config.train.checkpoint_every_steps=1", f"--workdir={workdir}"]
+    rc, _, err = finish(launch(args, env))
+    lines = [line for line in err.splitlines() if line.strip() and "PyTorch was not found" not in line]
+    assert rc == 3 and lines[-1].startswith("launch.py: error: non-finite") and "Traceback" not in err, err[-3000:]
+    saved = finalized_steps(str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == sorted(str(s) for s in saved)  # no temporaries
+    assert saved and f"kept at step {saved[-1]} " in lines[-1], (saved, lines[-1])
+    os.remove(workdir / "config.json")
+    rc, _, err = finish(launch([*args, "--config.seed=1"], env))
+    lines = [line for line in err.splitlines() if line.strip() and "PyTorch was not found" not in line]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("launch.py: error:"), err[-3000:]
+    assert f"latest/{saved[-1]} was trained under a different config (seed)" in lines[0]
+    assert not (workdir / "config.json").exists() and not (workdir / "results.json").exists()

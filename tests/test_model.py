@@ -124,7 +124,7 @@ def test_param_tree_layout_and_bank_is_not_a_parameter(full_cls):
     model, variables, _, _ = full_cls
     assert set(variables) == {"params", "lora", "memory"}
     assert set(variables["params"]) == {"backbone", "head", "um", "ema"}
-    assert set(variables["memory"]) == {"keys", "values", "pointer"}
+    assert set(variables["memory"]) == {"keys", "values", "pointer", "filled"}
     assert variables["memory"]["keys"].shape == (16, TINY.hidden_size)
     assert variables["memory"]["pointer"].dtype == jnp.int32
     assert "c_attn" in str(jax.tree_util.tree_structure(variables["lora"]["backbone"]))
@@ -134,7 +134,7 @@ def test_evaluation_never_writes_and_is_order_independent(full_cls):
     model, variables, _, eval_apply = full_cls
     a, b = _batch(seed=1), _batch(seed=2)
     out_a, mem = eval_apply(variables, a)
-    for k in ("keys", "values", "pointer"):
+    for k in ("keys", "values", "pointer", "filled"):
         np.testing.assert_array_equal(mem["memory"][k], variables["memory"][k])
     # b then a gives the same outputs for a as a alone; a permuted batch gives permuted outputs.
     eval_apply(variables, b)
@@ -153,6 +153,7 @@ def test_training_writes_one_slot_and_padding_rows_do_not_count(full_cls):
     _, mut = apply(variables, batch)
     mem0, mem1 = variables["memory"], mut["memory"]
     assert int(mem0["pointer"]) == 0 and int(mem1["pointer"]) == 1
+    assert int(mem0["filled"]) == 0 and int(mem1["filled"]) == 1
     np.testing.assert_array_equal(mem1["keys"][1:], mem0["keys"][1:])
     np.testing.assert_array_equal(mem1["values"][1:], mem0["values"][1:])
     np.testing.assert_array_equal(mem1["keys"][0], mem1["values"][0])
@@ -189,7 +190,12 @@ def test_no_gradient_reaches_the_bank(full_cls):
                              mutable=["memory"])
         return optax.softmax_cross_entropy_with_integer_labels(out.logits, batch["labels"]).mean()
 
-    g_params, g_mem = jax.jit(jax.grad(loss, argnums=(0, 1), allow_int=True))(trainable, variables["memory"])
+    # Written slots (a never-written slot is masked out of retrieval, so nothing would be read).
+    from umema_jax.memory.bank import write_bank
+    memory = variables["memory"]
+    for row in np.random.RandomState(0).randn(5, TINY.hidden_size).astype(np.float32):
+        memory = write_bank(memory, jnp.asarray(row))
+    g_params, g_mem = jax.jit(jax.grad(loss, argnums=(0, 1), allow_int=True))(trainable, memory)
     assert float(jnp.abs(g_mem["keys"]).sum()) == 0.0 and float(jnp.abs(g_mem["values"]).sum()) == 0.0
     assert "memory" not in variables["params"]
     for branch in ("head", "ema"):

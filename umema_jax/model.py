@@ -8,7 +8,7 @@ One config key (`method`) selects the ablation:
             `train.trainable_regex='.*'`)
 
 Variables: `params` {backbone, head, um, ema}, `lora` {backbone: <init_lora tree>},
-`memory` {keys [J,d], values [J,d], pointer []} (EMA variants only).
+`memory` {keys [J,d], values [J,d], pointer [], filled []} (EMA variants only).
 
 Step 0: W_r = 0, γ = 0, w_u = w_λ = 0 (so q ≡ 1/2 and λ is uniform), hence the
 summary fed to the head and the *raw* logits of every variant equal the plain
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from umema_jax.backbones import BackboneConfig, build_backbone, get_backbone_config
-from umema_jax.memory.bank import confidence_weighted_entry, write_bank
+from umema_jax.memory.bank import confidence_weighted_moments, write_moments
 from umema_jax.memory.fusion import EMAConfig, MemoryFusion
 from umema_jax.uncertainty.um import UMConfig, UncertaintyModule, last_valid_token, masked_mean
 
@@ -46,6 +46,12 @@ class ModelOutput:
     raw_logits: jax.Array
     temperature: jax.Array
     aux: dict
+    # Training-only internals ({} unless train=True): the head's input `features`,
+    # `memory_embedding` M_U, and with EMA the bank-write sums
+    # `memory_entry_numer` [d] / `memory_entry_denom` [] (train/step.py adds them
+    # over micro-batches and writes once) and `memory_update_ratio`. Used for
+    # telemetry (train/telemetry.py), never exported with predictions.
+    internals: dict = struct.field(default_factory=dict)
 
 
 def method_flags(method: str) -> tuple[bool, bool]:
@@ -61,7 +67,9 @@ class UmemaModel(nn.Module):
     batch: `input_ids [B,n]`, `attention_mask [B,n]` (1 = real token), optional
     `example_mask [B]` (0 = padding row; default ones), `task_id [B]` (default 0);
     other keys (labels, ...) are ignored. The bank is written once per call
-    when `train=True` and `memory` is mutable; otherwise it is only read.
+    when `train=True`, `write_memory=True` and `memory` is mutable; otherwise it
+    is only read (the train step passes `write_memory=False` and writes the
+    summed `internals` once per mini-batch, also under gradient accumulation).
     """
     backbone_cfg: BackboneConfig
     lora_cfg: Any = None                 # adapters.lora.LoraConfig | None
@@ -91,10 +99,11 @@ class UmemaModel(nn.Module):
             self.bank_keys = self.variable("memory", "keys", lambda: xavier(self.make_rng("params"), shape))
             self.bank_values = self.variable("memory", "values", lambda: xavier(self.make_rng("params"), shape))
             self.bank_pointer = self.variable("memory", "pointer", lambda: jnp.zeros((), jnp.int32))
+            self.bank_filled = self.variable("memory", "filled", lambda: jnp.zeros((), jnp.int32))
         self.head = nn.Dense(self.num_labels, kernel_init=nn.initializers.normal(0.02),
                              dtype=jnp.float32, param_dtype=jnp.float32)
 
-    def __call__(self, batch: Mapping[str, Any], train: bool = False) -> ModelOutput:
+    def __call__(self, batch: Mapping[str, Any], train: bool = False, write_memory: bool = True) -> ModelOutput:
         use_um, use_ema = method_flags(self.method)
         ner = self.task_type == "ner"
         input_ids = jnp.asarray(batch["input_ids"]).astype(jnp.int32)
@@ -133,28 +142,35 @@ class UmemaModel(nn.Module):
             m_u, u_bar = None, None
             temperature = jnp.ones(rep.shape[:-1], jnp.float32)
 
+        internals: dict = {}
         if use_ema:
             bank = {"keys": self.bank_keys.value, "values": self.bank_values.value,
-                    "pointer": self.bank_pointer.value}
+                    "pointer": self.bank_pointer.value, "filled": self.bank_filled.value}
             fusion = self.ema(rep, bank, m_u, u_bar)
             rep = fusion.fused
             aux.update(memory_top_indices=fusion.top_indices, memory_top_weights=fusion.top_weights)
-            if train and self.is_mutable_collection("memory"):
+            if train:
                 # NER: token-level confidence-weighted mean over valid tokens of real rows.
                 weight_mask = example_mask[:, None] * mask_f if ner else example_mask
                 conf = jnp.zeros(rep.shape[:-1], jnp.float32) if u_bar is None else u_bar
-                entry = confidence_weighted_entry(rep, conf, weight_mask, self.ema_cfg.axis_name)
-                total = jnp.sum(weight_mask)
-                if self.ema_cfg.axis_name is not None:
-                    total = jax.lax.psum(total, self.ema_cfg.axis_name)
-                new_bank = write_bank(bank, entry, enabled=total > 0)
-                self.bank_keys.value = new_bank["keys"]
-                self.bank_values.value = new_bank["values"]
-                self.bank_pointer.value = new_bank["pointer"]
+                numer, denom = confidence_weighted_moments(rep, conf, weight_mask, self.ema_cfg.axis_name)
+                internals.update(memory_entry_numer=numer, memory_entry_denom=denom,
+                                 memory_update_ratio=fusion.update_ratio)
+                if write_memory and self.is_mutable_collection("memory"):
+                    new_bank = write_moments(bank, numer, denom)
+                    self.bank_keys.value = new_bank["keys"]
+                    self.bank_values.value = new_bank["values"]
+                    self.bank_pointer.value = new_bank["pointer"]
+                    self.bank_filled.value = new_bank["filled"]
+        if train:
+            internals["features"] = rep
+            if m_u is not None:
+                internals["memory_embedding"] = m_u
 
         raw_logits = self.head(rep)
         logits = raw_logits / temperature[..., None]
-        return ModelOutput(logits=logits, raw_logits=raw_logits, temperature=temperature, aux=aux)
+        return ModelOutput(logits=logits, raw_logits=raw_logits, temperature=temperature, aux=aux,
+                           internals=internals)
 
 
 def dummy_batch(batch_shape: tuple[int, int]) -> dict:
@@ -221,9 +237,11 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel
         lora_cfg = LoraConfig(rank=int(_get(lora_section, "rank", 8)), alpha=_get(lora_section, "alpha", None),
                               dropout=float(_get(lora_section, "dropout", 0.0)), target_regex=target)
     um_kwargs = dict(_get(m, "um", {}) or {})
-    if um_kwargs.get("layers") is not None:
-        um_kwargs["layers"] = tuple(int(i) for i in um_kwargs["layers"])
+    if "layers" in um_kwargs:        # () / None = all layers
+        um_kwargs["layers"] = tuple(int(i) for i in um_kwargs["layers"]) if um_kwargs["layers"] else None
     ema_kwargs = dict(_get(m, "ema", {}) or {})
+    if "axis_name" in ema_kwargs:    # '' = None
+        ema_kwargs["axis_name"] = ema_kwargs["axis_name"] or None
     return UmemaModel(
         backbone_cfg=backbone_cfg, lora_cfg=lora_cfg, method=str(m.method),
         task_type=str(config.task.type), num_labels=int(config.task.num_labels),

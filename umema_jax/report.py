@@ -2,6 +2,7 @@
 
     python -m umema_jax.report runs/semeval_*            # prints the table
     python -m umema_jax.report runs/semeval_* --out=docs/results_semeval.md --json=summary.json
+    python -m umema_jax.report runs/a runs/b --telemetry=docs/telemetry.png   # branch curves (metrics.jsonl)
 
 Rows are relative to the first run whose method is `lora` (step time ratio and
 extra parameters), so an ablation sweep reads as "what each branch costs and buys".
@@ -16,6 +17,8 @@ from absl import app, flags
 
 _OUT = flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON to this file.")
+_TELEMETRY = flags.DEFINE_string("telemetry", "", "Write the UM/EMA telemetry curves of the runs "
+                                 "(their metrics.jsonl; finished or not) to this PNG instead of a table.")
 
 
 def load_run(workdir: str) -> dict:
@@ -40,6 +43,7 @@ def summarise(results: list[dict]) -> list[dict]:
             "ts_nll": ts.get("nll"), "ts_brier": ts.get("brier"),
             "dev_primary": r["dev"][primary], "best_step": r["best_step"], "steps": r["steps"],
             "trainable_params": r["params"]["trainable"], "total_params": r["params"]["total"],
+            **{k: test[k] for k in test if k.startswith("auroc_error_")},
             "train_time_per_epoch_s": r.get("mean_train_time_per_epoch_s"),
         })
     base = next((row for row in rows if row["method"] == "lora"), None)
@@ -66,7 +70,25 @@ def markdown(rows: list[dict]) -> str:
             f"| {num(r['test_brier'])} | {num(r['ts_temperature'], 3)} | {pct(r['ts_ece'])} | {num(r['ts_nll'])} "
             f"| {num(r['ts_brier'])} | {r['trainable_params']:,} | {r.get('extra_params_vs_lora', 0):+,} "
             f"| {num(r['train_time_per_epoch_s'], 1)} | {num(r.get('epoch_time_vs_lora'), 2)} |")
-    return "\n".join(lines) + f"\n\n{primary} and ECE (15 equal-width bins, top-label) in %.\n"
+    table = "\n".join(lines) + f"\n\n{primary} and ECE (15 equal-width bins, top-label) in %.\n"
+    scores = sorted({k for r in rows for k in r if k.startswith("auroc_error_")},
+                    key=lambda k: (k != "auroc_error_maxprob", k))
+    if scores:
+        head = "| method | " + " | ".join(k.removeprefix("auroc_error_") for k in scores) + " |"
+        lines = ["", "Error-detection AUROC on test (0.5 = uninformative):", "", head,
+                 "|" + "---|" * (len(scores) + 1)]
+        for r in rows:
+            lines.append(f"| {r['method']} | " + " | ".join(num(r.get(k), 3) for k in scores) + " |")
+        table += "\n".join(lines) + "\n"
+    return table
+
+
+def load_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (not a run directory)")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def main(argv):
@@ -74,6 +96,15 @@ def main(argv):
     if not dirs:
         print("usage: python -m umema_jax.report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
         sys.exit(2)
+    if _TELEMETRY.value:
+        from umema_jax.metrics.plots import telemetry_curves
+        try:
+            runs = {os.path.basename(os.path.normpath(d)): load_metrics(d) for d in dirs}
+        except FileNotFoundError as err:
+            print(f"report: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(telemetry_curves(runs, _TELEMETRY.value))
+        return
     try:
         rows = summarise([load_run(d) for d in dirs])
     except FileNotFoundError as err:

@@ -61,3 +61,25 @@ def test_input_validation():
         ece(PROBS[0], LABELS[:1])
     with pytest.raises(ValueError, match="strategy"):
         ece(PROBS, LABELS, strategy="adaptive")
+
+
+def test_error_detection_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+    from umema_jax.metrics.calibration import error_detection_auroc
+    r = np.random.RandomState(0)
+    errors = r.rand(300) < 0.3
+    scores = np.round(r.rand(300) + 0.4 * errors, 1)          # informative, with many ties
+    assert abs(error_detection_auroc(scores, errors) - roc_auc_score(errors, scores)) < 1e-12
+    assert error_detection_auroc(np.full(300, 0.7), errors) == 0.5   # a constant score is uninformative
+    assert np.isnan(error_detection_auroc(scores, np.zeros(300, bool)))
+
+
+def test_uncertainty_quality_reports_each_score_against_maxprob():
+    from umema_jax.metrics.evaluate import uncertainty_quality
+    r = np.random.RandomState(1)
+    probs = r.dirichlet(np.ones(4), size=200)
+    labels = r.randint(0, 4, size=200)
+    errors = probs.argmax(-1) != labels
+    out = uncertainty_quality(probs, labels, {"u_bar": errors + 0.01 * r.rand(200), "u_ale": np.ones(200)})
+    assert out["auroc_error_u_bar"] == 1.0 and out["auroc_error_u_ale"] == 0.5
+    assert set(out) == {"auroc_error_maxprob", "auroc_error_u_bar", "auroc_error_u_ale"}

@@ -15,6 +15,7 @@ import numpy as np
 from flax import struct
 
 from umema_jax.data.encode import EncodedDataset
+from umema_jax.memory.bank import confidence_weighted_moments, write_moments
 
 
 @struct.dataclass
@@ -23,6 +24,7 @@ class Out:
     raw_logits: jax.Array
     temperature: jax.Array
     aux: dict
+    internals: dict = struct.field(default_factory=dict)
 
 
 class TinyModel(nn.Module):
@@ -33,27 +35,35 @@ class TinyModel(nn.Module):
     slots: int = 4
 
     @nn.compact
-    def __call__(self, batch, train: bool = False):
+    def __call__(self, batch, train: bool = False, write_memory: bool = True):
         emb = self.param("backbone_emb", nn.initializers.normal(1.0), (self.vocab, self.dim))
         w = self.param("backbone_w", nn.initializers.normal(0.3), (self.dim, self.dim))
         a = self.variable("lora", "a", lambda: jnp.full((self.dim, 2), 0.1)).value
         b = self.variable("lora", "b", lambda: jnp.zeros((2, self.dim))).value
         keys = self.variable("memory", "keys", lambda: jnp.zeros((self.slots, self.dim)))
+        values = self.variable("memory", "values", lambda: jnp.zeros((self.slots, self.dim)))
         ptr = self.variable("memory", "pointer", lambda: jnp.zeros((), jnp.int32))
+        filled = self.variable("memory", "filled", lambda: jnp.zeros((), jnp.int32))
         mask = batch["attention_mask"].astype(jnp.float32)
         h = jnp.tanh(emb[batch["input_ids"]] @ (w + a @ b))          # [B,n,d]
         h = h + jnp.mean(keys.value, 0)                               # read the bank
         if self.task_type == "cls":
             h = (h * mask[..., None]).sum(1) / jnp.maximum(mask.sum(1, keepdims=True), 1)
         logits = nn.Dense(self.num_labels, name="head")(h)
-        if train and self.is_mutable_collection("memory"):
+        internals = {}
+        if train:
             rows = batch["example_mask"].astype(jnp.float32)
             pooled = h if h.ndim == 2 else h.mean(1)
-            entry = jax.lax.stop_gradient((pooled * rows[:, None]).sum(0) / jnp.maximum(rows.sum(), 1))
-            keys.value = jax.lax.dynamic_update_slice(keys.value, entry[None], (ptr.value, 0))
-            ptr.value = (ptr.value + 1) % self.slots
+            numer, denom = confidence_weighted_moments(pooled, jnp.zeros_like(rows), rows)
+            internals = {"memory_entry_numer": numer, "memory_entry_denom": denom, "features": pooled}
+            if write_memory and self.is_mutable_collection("memory"):
+                bank = write_moments({"keys": keys.value, "values": values.value, "pointer": ptr.value,
+                                      "filled": filled.value}, numer, denom)
+                keys.value, values.value, ptr.value, filled.value = (bank["keys"], bank["values"],
+                                                                     bank["pointer"], bank["filled"])
         temp = jnp.ones(logits.shape[:-1])
-        return Out(logits=logits, raw_logits=logits, temperature=temp, aux={"u_bar": temp * 0.5})
+        return Out(logits=logits, raw_logits=logits, temperature=temp, aux={"u_bar": temp * 0.5},
+                   internals=internals)
 
 
 def reorganise(variables: dict) -> dict:
@@ -74,8 +84,8 @@ class NestedTinyModel(TinyModel):
 
 
 def synthetic_encoded(n: int, vocab: int = 50, num_labels: int = 3, max_len: int = 12, seed: int = 0,
-                      task_type: str = "cls") -> EncodedDataset:
-    """Learnable toy data: the label is (first token mod num_labels)."""
+                      task_type: str = "cls", last_token: bool = False) -> EncodedDataset:
+    """Learnable toy data: the label is (first token mod num_labels), or the last token's with `last_token`."""
     rng = np.random.default_rng(seed)
     ids, labels, word_index = [], [], []
     for _ in range(n):
@@ -83,7 +93,7 @@ def synthetic_encoded(n: int, vocab: int = 50, num_labels: int = 3, max_len: int
         x = rng.integers(1, vocab, size=length).astype(np.int32)
         ids.append(x)
         if task_type == "cls":
-            labels.append(int(x[0]) % num_labels)
+            labels.append(int(x[-1 if last_token else 0]) % num_labels)
         else:
             labels.append((x % num_labels).astype(np.int32))
             word_index.append(np.arange(length, dtype=np.int32))

@@ -82,6 +82,30 @@ def test_gradient_accumulation_equals_one_big_batch():
     _close(s1.memory, s2.memory, atol=1e-6)
 
 
+@pytest.mark.parametrize("order", ["real_last", "padding_last"])
+def test_accumulated_bank_write_is_the_mini_batch_mean_once(order):
+    """Issue 11.4: micro-batches with different numbers of real rows (one of them only padding) write
+    one slot holding the mean over the mini-batch's real rows, and the pointer advances once."""
+    model, state, frozen, tx, schedule = _setup()
+    batch = _batch(8)
+    # micro-batch i holds rows i, i+A, ... (A = 2): real rows 0, 2, 4 and 1 | padding 3, 5, 6, 7
+    # ("padding_last": the micro-batch of rows 1, 3, 5, 7 is all padding)
+    real = [0, 2, 4, 1] if order == "real_last" else [0, 2, 4, 6]
+    batch["example_mask"] = np.isin(np.arange(8), real).astype(np.int32)
+    batch["labels"] = np.where(batch["example_mask"] > 0, batch["labels"], -100).astype(np.int32)
+    s1, _ = jax.jit(make_train_step(model, tx, schedule, "cls", grad_accum_steps=1))(state, frozen, batch)
+    s2, _ = jax.jit(make_train_step(model, tx, schedule, "cls", grad_accum_steps=2))(state, frozen, batch)
+    assert int(s1.memory["pointer"]) == int(s2.memory["pointer"]) == 1
+    assert int(s2.memory["filled"]) == 1
+    # The stand-in's entry is the plain mean of its pooled rows (ū = 0): recompute it independently.
+    out = model.apply({"params": {**frozen, **state.trainable["params"]}, "lora": state.trainable["lora"],
+                       "memory": state.memory}, batch, train=True, write_memory=False)
+    pooled = np.asarray(out.internals["features"])[np.asarray(real)]
+    np.testing.assert_allclose(np.asarray(s2.memory["keys"])[0], pooled.mean(0), rtol=1e-5, atol=1e-6)
+    _close(s1.memory, s2.memory, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(s2.memory["keys"])[1:], np.asarray(state.memory["keys"])[1:])
+
+
 def test_loss_is_masked_mean_cross_entropy_of_calibrated_logits():
     model, state, frozen, tx, schedule = _setup()
     batch = _batch(5, pad_rows=3)
@@ -104,12 +128,17 @@ def test_non_finite_loss_leaves_state_untouched():
 
 
 def test_eval_step_never_writes_the_bank():
+    """The eval step returns no memory (nothing to carry) and scores with train=False, i.e. the
+    probabilities equal softmax of an independent train=False forward pass on the same state."""
     model, state, frozen, tx, schedule = _setup()
-    out = jax.jit(make_eval_step(model, "cls"))(state, frozen, _batch(3, pad_rows=1))
+    batch = _batch(3, pad_rows=1)
+    out = jax.jit(make_eval_step(model, "cls"))(state, frozen, batch)
+    assert set(out) == {"probs", "nll_sum", "targets", "aux"}
     assert out["probs"].shape == (4, 3)
-    np.testing.assert_allclose(np.asarray(out["probs"]).sum(-1), 1.0, rtol=1e-5)
+    ref = model.apply({"params": {**frozen, **state.trainable["params"]}, "lora": state.trainable["lora"],
+                       "memory": state.memory}, batch, train=False)
+    np.testing.assert_allclose(out["probs"], jax.nn.softmax(ref.logits, -1), rtol=1e-5, atol=1e-7)
     assert float(out["targets"]) == 3.0 and "u_bar" in out["aux"]
-    assert int(state.memory["pointer"]) == 0
 
 
 @pytest.mark.parametrize("task", ["ner"])

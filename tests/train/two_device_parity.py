@@ -52,9 +52,9 @@ def main():
         grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
                        in_shardings=(shd.replicated(mesh), frozen_sh, shd.replicated(mesh),
                                      shd.batch_sharding(mesh), shd.replicated(mesh), shd.replicated(mesh)))
-        (loss, new_mem), grads = grad(t, f, mem, b, jax.random.PRNGKey(1), jnp.float32(7.0))
+        (loss, (new_mem, _)), grads = grad(t, f, mem, b, jax.random.PRNGKey(1), jnp.float32(7.0))
         emb = f["backbone"]["embed_tokens"]["embedding"]
-        results[name] = {"loss": float(loss), "grads": jax.device_get(grads), "memory": jax.device_get(new_mem),
+        results[name] = {"loss": float(loss), "grads": jax.device_get(grads), "memory": jax.device_get(new_mem),  # the bank entry's sums
                          "emb_shard_rows": int(emb.addressable_shards[0].data.shape[0])}
     # The whole jitted train step (in/out shardings, donation, optimizer, bank write) on the FSDP mesh,
     # against the update computed on the host from the 1-device gradients.

@@ -23,9 +23,14 @@ DEFAULT_TARGETS = {"gpt2": "c_attn", "llama": "q_proj|v_proj"}
 PEFT_PREFIX = "base_model.model."
 
 
+def resolve_alpha(rank: int, alpha: float | None) -> float:
+    """LoRA alpha as given, or 2 * rank when unset (None; -1 in a config): scale alpha / r = 2 at every rank."""
+    return 2.0 * int(rank) if alpha is None or float(alpha) == -1 else float(alpha)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """rank r (paper: 4/8/16/32, default 8); alpha defaults to 2r (scale = alpha / r)."""
+    """rank r (paper: 4/8/16/32, default 8); alpha defaults to 2r (scale = alpha / r; `resolve_alpha`)."""
     rank: int = 8
     alpha: float | None = None
     dropout: float = 0.0
@@ -36,8 +41,7 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.rank must be positive, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", 2.0 * self.rank)
+        object.__setattr__(self, "alpha", resolve_alpha(self.rank, self.alpha))
 
     @property
     def scale(self) -> float:

@@ -2,6 +2,8 @@
 
     python -m umema_jax.data --dataset=semeval --data_dir=/path [--tokenizer=gpt2|smollm2-135m]
         [--max_len=N] [--domains=connl03,onbc] [--remove=headers,footers,quotes]
+
+A missing or malformed file prints one line (`path:line: what is wrong`) and exits 2.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ flags.DEFINE_integer("max_len", None, "if set, also count the examples/words tru
 flags.DEFINE_string("domains", None, "PLONER: comma-separated domains (default all seven)")
 flags.DEFINE_string("remove", None, "20news: comma-separated subset of headers,footers,quotes")
 flags.DEFINE_string("source", "local", "local | hub")
+EXIT_BAD_INPUT = 2   # bad data or option (launch.py's code for the same)
 
 
 def _percentiles(lengths) -> dict:
@@ -90,11 +93,15 @@ def main(argv):
         opts["remove"] = FLAGS.remove
     if FLAGS.source != "local":
         opts["source"] = FLAGS.source
-    splits = load_dataset_splits(FLAGS.dataset, FLAGS.data_dir, **opts)
-    tokenizer = None
-    if FLAGS.tokenizer and FLAGS.tokenizer.lower() != "none":
-        from umema_jax.tokenization import load_tokenizer
-        tokenizer = load_tokenizer(FLAGS.tokenizer)
+    try:
+        splits = load_dataset_splits(FLAGS.dataset, FLAGS.data_dir, **opts)
+        tokenizer = None
+        if FLAGS.tokenizer and FLAGS.tokenizer.lower() != "none":
+            from umema_jax.tokenization import load_tokenizer
+            tokenizer = load_tokenizer(FLAGS.tokenizer)
+    except (OSError, ValueError, TypeError) as err:   # bad data/option: one line, as launch.py
+        print(f"python -m umema_jax.data: error: {err}".splitlines()[0], file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_INPUT)
     summary = summarize(splits, tokenizer, FLAGS.max_len)
     summary["tokenizer"] = FLAGS.tokenizer
     json.dump(summary, sys.stdout, indent=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from umema_jax.data.types import DataFormatError, TokenExample, check_file
+from umema_jax.data.types import DataFormatError, TokenExample, check_file, open_text
 
 _SPLIT = re.compile(r"[ \t]+")
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -31,8 +31,12 @@ def iob1_to_iob2(tags: list[str]) -> list[str]:
 
 
 def read_conll(path: str, token_col: int = 0, tag_col: int = -1, *, skip_docstart: bool = True,
-               tag_scheme: str = "iob2", id_prefix: str | None = None) -> list[TokenExample]:
-    """Sentences of a CoNLL file; a malformed line raises `DataFormatError` (path:line: why)."""
+               tag_scheme: str = "iob2", id_prefix: str | None = None,
+               labels=None) -> list[TokenExample]:
+    """Sentences of a CoNLL file; a malformed line raises `DataFormatError` (path:line: why).
+
+    `labels`: the dataset's tag set; a tag outside it is such an error too.
+    """
     if tag_scheme not in ("iob2", "iob1"):
         raise ValueError(f"tag_scheme must be 'iob2' or 'iob1', got {tag_scheme!r}")
     check_file(path)
@@ -47,7 +51,7 @@ def read_conll(path: str, token_col: int = 0, tag_col: int = -1, *, skip_docstar
             out.append(TokenExample(tokens=tokens, tags=tags, id=f"{prefix}:{start}"))
         tokens, tags, start = [], [], None
 
-    with open(path, encoding="utf-8", newline="") as f:
+    with open_text(path, newline="") as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.rstrip("\r\n")
             if not line.strip():
@@ -71,6 +75,9 @@ def read_conll(path: str, token_col: int = 0, tag_col: int = -1, *, skip_docstar
             tag = cols[tag_col]
             if not _TAG.match(tag):
                 raise DataFormatError(path, lineno, f"tag {tag!r} is not O, B-TYPE or I-TYPE")
+            if labels is not None and tag not in labels:
+                raise DataFormatError(path, lineno, f"tag {tag!r} is not one of the {len(labels)} tags "
+                                      f"{', '.join(labels)}")
             if start is None:
                 start = lineno
             tokens.append(cols[token_col])

@@ -12,7 +12,7 @@ import json
 import os
 import re
 
-from umema_jax.data.types import ClassificationExample, DataFormatError, check_file
+from umema_jax.data.types import ClassificationExample, DataFormatError, check_file, open_text
 
 LABELS = ("alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",
           "comp.sys.mac.hardware", "comp.windows.x", "misc.forsale", "rec.autos",
@@ -62,7 +62,7 @@ def read_newsgroups(path: str, remove=()) -> list[ClassificationExample]:
     check_file(path)
     remove = parse_remove(remove)
     out, label_set = [], set(LABELS)
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

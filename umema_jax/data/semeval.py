@@ -19,7 +19,7 @@ import os
 import re
 
 from umema_jax.data.fewshot import stratified_indices
-from umema_jax.data.types import ClassificationExample, DataFormatError, DatasetSplits, check_file
+from umema_jax.data.types import ClassificationExample, DataFormatError, DatasetSplits, check_file, open_text
 
 RELATIONS = ("Cause-Effect", "Component-Whole", "Content-Container", "Entity-Destination",
              "Entity-Origin", "Instrument-Agency", "Member-Collection", "Message-Topic",
@@ -38,7 +38,7 @@ _MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
 def read_semeval(path: str) -> list[ClassificationExample]:
     """Parses one SemEval-2010 Task 8 file; a malformed line raises `DataFormatError`."""
     check_file(path)
-    with open(path, encoding="utf-8", newline="") as f:
+    with open_text(path, newline="") as f:
         lines = [ln.rstrip("\r\n") for ln in f]
     out, seen, i = [], set(), 0
     while i < len(lines):

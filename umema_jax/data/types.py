@@ -59,6 +59,24 @@ def check_file(path: str) -> str:
     return path
 
 
+def open_text(path: str, newline: str | None = None):
+    """`path` decoded as UTF-8, as a text stream (`newline` as for `open`); a byte that is not
+    UTF-8 raises `DataFormatError` naming the file and line (not a bare `UnicodeDecodeError`)."""
+    import io
+    check_file(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        before = data[:err.start].decode("utf-8")
+        line = len(io.StringIO(before + "x", newline="").readlines())   # \n, \r\n and \r all end lines
+        column = len(before) - max(before.rfind("\n"), before.rfind("\r"))
+        raise DataFormatError(path, line, f"byte 0x{data[err.start]:02x} at column {column} is not valid "
+                                          f"UTF-8 (re-save the file as UTF-8)") from None
+    return io.StringIO(text, newline=newline)
+
+
 def sorted_labels(labels: Sequence[str]) -> list:
     """BIO tag inventory in a stable order: `O` first, then by type, B before I."""
     def key(tag):

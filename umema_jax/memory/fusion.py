@@ -17,18 +17,32 @@ import jax.numpy as jnp
 from flax import struct
 
 from umema_jax.memory.bank import Bank, read_bank, retrieval_temperature
+from umema_jax.uncertainty.um import layer_norm_no_params
 
 
 @dataclasses.dataclass(frozen=True)
 class EMAConfig:
-    """slots J (paper: 256), base retrieval temperature τ0, bottleneck d_u,
-    how many top slots to report, and the mesh axis name when the bank write
-    runs under shard_map/pmap (None under jit+sharding, where XLA reduces)."""
+    """Settings of the EMA branch (every field is a `model.ema.*` config key).
+
+    slots: J (paper: 256). tau0: base retrieval temperature τ0. d_u: bottleneck.
+    top_k: how many top slots to report. axis_name: mesh axis when the bank
+    write runs under shard_map/pmap (None under jit+sharding, where XLA reduces).
+    The stability settings (docs/METHOD_IMPL.md, "Stability"; each was an
+    ablation row, issue 15): retrieval 'cosine' (norm-invariant, sharpness fixed
+    by retrieval_scale) or 'dot' (METHOD §2 as written); query_norm: parameter-
+    free LayerNorm on c and M_U before the query projection, so neither term
+    can dominate the query by growing its norm; mask_unwritten: never-written
+    (Xavier-noise) slots get no retrieval weight.
+    """
     slots: int = 256
     tau0: float = 1.0
     d_u: int = 64
     top_k: int = 3
     axis_name: str | None = None
+    retrieval: str = "cosine"
+    retrieval_scale: float = 10.0
+    query_norm: bool = True
+    mask_unwritten: bool = True
 
 
 @struct.dataclass
@@ -39,6 +53,7 @@ class FusionOutput:
     gate: jax.Array           # g [..., d]
     top_indices: jax.Array    # [..., top_k] int32
     top_weights: jax.Array    # [..., top_k]
+    update_ratio: jax.Array   # ‖g ⊙ W_r r‖ / ‖c‖ [...] (telemetry: how much the read moves c)
 
 
 class MemoryFusion(nn.Module):
@@ -65,15 +80,16 @@ class MemoryFusion(nn.Module):
         dense = lambda name, feats, **kw: nn.Dense(feats, name=name, dtype=f32, param_dtype=f32, **kw)
 
         # Query through the d_u bottleneck; M_U is broadcast over tokens for NER.
-        z = dense("query_from_context", cfg.d_u, use_bias=False)(c)
+        norm = layer_norm_no_params if cfg.query_norm else (lambda x: x)
+        z = dense("query_from_context", cfg.d_u, use_bias=False)(norm(c))
         if m_u is not None:
-            m = dense("query_from_um", cfg.d_u, use_bias=False)(m_u.astype(f32))
+            m = dense("query_from_um", cfg.d_u, use_bias=False)(norm(m_u.astype(f32)))
             z = z + m.reshape(m.shape[:1] + (1,) * (c.ndim - 2) + m.shape[1:])
         query = dense("query_up", d)(z)
 
         beta = self.param("beta", nn.initializers.zeros, ())
         tau = retrieval_temperature(cfg.tau0, beta, u_bar)
-        retrieved, alpha = read_bank(bank, query, tau)
+        retrieved, alpha = read_bank(bank, query, tau, cfg.retrieval, cfg.retrieval_scale, cfg.mask_unwritten)
 
         gate_low = (dense("gate_from_context", cfg.d_u, use_bias=False)(c)
                     + dense("gate_from_memory", cfg.d_u, use_bias=False)(retrieved))
@@ -82,9 +98,11 @@ class MemoryFusion(nn.Module):
 
         update = dense("retrieved_up", d, use_bias=False, kernel_init=nn.initializers.zeros)(
             dense("retrieved_down", cfg.d_u, use_bias=False)(retrieved))
-        fused = c + gate * update
+        delta = gate * update
+        fused = c + delta
+        ratio = jnp.linalg.norm(delta, axis=-1) / jnp.maximum(jnp.linalg.norm(c, axis=-1), 1e-12)
 
         k = min(cfg.top_k, alpha.shape[-1])
         top_w, top_i = jax.lax.top_k(alpha, k)
         return FusionOutput(fused=fused, attention=alpha, tau=tau, gate=gate,
-                            top_indices=top_i.astype(jnp.int32), top_weights=top_w)
+                            top_indices=top_i.astype(jnp.int32), top_weights=top_w, update_ratio=ratio)

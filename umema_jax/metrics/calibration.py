@@ -123,3 +123,29 @@ def aurc(probs, labels, confidence=None) -> float:
     """Area under the risk-coverage curve (mean risk over the N coverage levels)."""
     _, risk = risk_coverage(probs, labels, confidence)
     return float(risk.mean()) if risk.size else float("nan")
+
+
+def error_detection_auroc(scores, errors) -> float:
+    """AUROC of `scores` (higher = more likely wrong) for telling errors from correct predictions.
+
+    P(score of a random error > score of a random correct prediction), ties
+    counted half (Mann-Whitney U with average ranks). 0.5 = uninformative; NaN
+    when there are no errors or no correct predictions.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    errors = np.asarray(errors, dtype=bool).reshape(-1)
+    if scores.shape != errors.shape:
+        raise ValueError(f"scores {scores.shape} and errors {errors.shape} differ in shape")
+    n_err, n_ok = int(errors.sum()), int((~errors).sum())
+    if n_err == 0 or n_ok == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, np.float64)
+    # average ranks (1-based) over runs of tied scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], scores.size]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    u = ranks[errors].sum() - n_err * (n_err + 1) / 2.0
+    return float(u / (n_err * n_ok))

@@ -24,6 +24,30 @@ def _calibration_block(probs, labels, n_bins: int) -> dict:
             "aurc": cal.aurc(probs, labels)}
 
 
+UNCERTAINTY_SCORES = ("u_ale", "u_epi", "u_bar", "temperature")
+
+
+def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
+    """Error-detection AUROC of each exported uncertainty next to max-probability's (issue 15).
+
+    probs [N, C] and labels [N] over scored targets (rows, or NER's first
+    sub-tokens flattened); aux: per-target arrays (same N) of `u_ale`, `u_epi`,
+    `u_bar`, `temperature` where the model exports them. Keys
+    `auroc_error_<score>`; `maxprob` scores 1 − max p. An uncertainty that does
+    not vary with the input scores 0.5.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.size == 0:
+        return {}
+    errors = probs.argmax(-1) != labels
+    out = {"auroc_error_maxprob": cal.error_detection_auroc(1.0 - probs.max(-1), errors)}
+    for key in UNCERTAINTY_SCORES:
+        if aux and key in aux:
+            out[f"auroc_error_{key}"] = cal.error_detection_auroc(np.asarray(aux[key], np.float64), errors)
+    return out
+
+
 def is_semeval_labels(label_names: Sequence[str]) -> bool:
     names = set(label_names)
     return "Other" in names and len(names) == 19 and all(

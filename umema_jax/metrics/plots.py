@@ -43,3 +43,45 @@ def reliability_diagram(methods: dict, path: str, n_bins: int = 15, title: str |
     os.makedirs(folder, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+TELEMETRY_PANELS = (
+    ("loss", "train loss"),
+    ("branch/temperature_mean", "UM temperature T (batch mean)"),
+    ("branch/temperature_std", "T spread across the batch (std)"),
+    ("branch/memory_embedding_cosine", "M_U: mean pairwise cosine"),
+    ("branch/memory_max_weight", "largest retrieval weight"),
+    ("branch/memory_distinct_slots", "distinct top-1 slots in the batch"),
+    ("branch/memory_update_ratio", "‖g ⊙ W_r r‖ / ‖c‖"),
+    ("branch/features_cosine", "head input: mean pairwise cosine"),
+)
+
+
+def telemetry_curves(runs: dict, path: str, title: str | None = None) -> str:
+    """One panel per branch statistic (train records of `metrics.jsonl`), one line per run.
+
+    `runs`: name -> list of metric records (dicts with `step`, `split`, ...). A
+    collapse shows as T rising with no spread, cosines → 1, max weight → 1.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise ValueError("telemetry_curves needs at least one run")
+    fig = Figure(figsize=(12, 10))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(4, 2).reshape(-1)
+    for ax, (key, label) in zip(axes, TELEMETRY_PANELS):
+        for name, records in runs.items():
+            pts = [(r["step"], r[key]) for r in records if r.get("split") == "train" and key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=name, linewidth=1.2)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "UM / EMA branch telemetry")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -52,18 +52,30 @@ def load_splits(config):
 
 def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: dict):
     """(split, predictions) -> metrics with `primary` (accuracy | span F1) and the mean NLL `loss`."""
-    from umema_jax.metrics.evaluate import evaluate_classification, evaluate_ner
+    from umema_jax.metrics.evaluate import (UNCERTAINTY_SCORES, evaluate_classification, evaluate_ner,
+                                            uncertainty_quality)
 
     def evaluate(split: str, preds: dict) -> dict:
         enc = encoded[split]
+        aux = preds.get("aux") or {}
+        scores = [k for k in UNCERTAINTY_SCORES if k in aux]
         if task_type == "cls":
-            m = evaluate_classification(preds["probs"], np.asarray(enc.labels), label_names)
+            labels = np.asarray(enc.labels)
+            m = evaluate_classification(preds["probs"], labels, label_names)
             m["primary"], m["primary_name"] = m["accuracy"], "accuracy"
+            m.update(uncertainty_quality(preds["probs"], labels, {k: aux[k] for k in scores}))
         else:
             token_labels = [np.asarray(lab)[w >= 0] for lab, w in zip(enc.labels, enc.word_index)]
             gold = [list(ex.tags) for ex in examples[split]]
             m = evaluate_ner(preds["probs"], token_labels, label_names, full_gold_tags=gold)
             m["primary"], m["primary_name"] = m["span_f1"], "span_f1"
+            # per scored token (first sub-token of each kept word), flattened in sentence order
+            flat = lambda seqs: np.concatenate([np.asarray(x).reshape(-1) for x in seqs]) if len(seqs) else \
+                np.zeros(0)
+            probs = [np.asarray(p) for p in preds["probs"]]
+            if probs and sum(p.shape[0] for p in probs):
+                m.update(uncertainty_quality(np.concatenate([p for p in probs if p.size]), flat(token_labels),
+                                             {k: flat(aux[k]) for k in scores}))
         m["loss"] = preds["nll_sum"] / max(preds["targets"], 1.0)
         return m
 

@@ -25,6 +25,7 @@ from umema_jax.train.checkpoint import Checkpoints
 from umema_jax.train.logging import make_tracker
 from umema_jax.train.progress import Progress
 from umema_jax.train.state import TrainState, create_train_state, make_optimizer
+from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX
 from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
 HOST_ONLY_KEYS = ("example_index",)   # batch keys the pipeline adds for bookkeeping; never sent to devices
@@ -36,6 +37,11 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(RuntimeError):
     """SIGINT/SIGTERM: the state was checkpointed; re-running the same command resumes."""
+
+
+def _on_disk(step: int | None) -> str:
+    return (f"last good checkpoint kept at step {step} (re-running resumes from it)" if step is not None
+            else "no checkpoint was saved yet (re-running starts from step 0)")
 
 
 @dataclasses.dataclass
@@ -177,10 +183,14 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
     eval_fn = jit_eval_step(make_eval_step(exp.model, exp.task_type), state_sh, frozen_sh,
                             shd.batch_sharding(mesh), shd.replicated(mesh))
 
-    ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep)
+    ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep, config=config)
     meta = {"epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
             "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": []}
-    restored = ckpt.restore_latest(state)
+    try:
+        restored = ckpt.restore_latest(state)        # CheckpointError: another config / none intact
+    except BaseException:
+        ckpt.close()
+        raise
     resume_step = 0                      # logs and best-checkpoints past this step are from a dead run
     if restored is not None:
         state, meta = restored
@@ -219,17 +229,18 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
             m = jax.device_get(m)
             if not int(m["finite"]):
                 raise NonFiniteLoss(f"non-finite loss/gradient at step {step} (loss={float(m['loss'])}, "
-                                    f"grad_norm={float(m['grad_norm'])}); stopped, last good checkpoint "
-                                    f"kept at step {ckpt.latest_step()}")
-            for k in ("loss", "grad_norm", "learning_rate"):
+                                    f"grad_norm={float(m['grad_norm'])})")   # + what is on disk: below
+            for k in ("loss", "grad_norm", "learning_rate", "tokens"):
                 window.setdefault(k, []).append(float(m[k]))
-            window.setdefault("tokens", []).append(float(m["tokens"]))
+            for k in m:                      # UM/EMA telemetry (train/telemetry.py), averaged over the window
+                if k.startswith(TELEMETRY_PREFIX):
+                    window.setdefault(k, []).append(float(m[k]))
             bar.update(1, tokens=int(m["tokens"]), loss=float(m["loss"]))
             if step % tcfg.log_every_steps == 0 or step == total_steps:
-                tracker.log(step, "train", {"loss": np.mean(window["loss"]),
-                                            "grad_norm": np.mean(window["grad_norm"]),
-                                            "learning_rate": window["learning_rate"][-1],
-                                            "tokens": np.sum(window["tokens"])})
+                logged = {k: float(np.mean(v)) for k, v in window.items()}
+                logged["learning_rate"] = window["learning_rate"][-1]
+                logged["tokens"] = float(np.sum(window["tokens"]))
+                tracker.log(step, "train", logged)
                 window.clear()
 
     train_time_base, session_clock = float(meta.get("train_time_s", 0.0)), time.perf_counter()
@@ -264,14 +275,24 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
                         checkpoint(step)
                     if signals.received is not None:
                         checkpoint(step)
-                        ckpt.wait()
-                        raise Interrupted(f"interrupted by signal {signals.received} at step {step}; "
-                                          f"checkpoint saved — re-run the same command to resume")
+                        raise Interrupted(f"interrupted by signal {signals.received} at step {step}")
                     if step >= total_steps or meta["stopped_early"]:
                         break
             drain()
             checkpoint(step)
             ckpt.wait()
+    except BaseException as err:
+        # Every other way out: finish the pending saves (else the interpreter's exit kills them
+        # half-written) and say which step is really on disk.
+        kept = ckpt.settle()
+        if isinstance(err, NonFiniteLoss):
+            raise NonFiniteLoss(f"{err}; stopped, {_on_disk(kept)}") from None
+        if isinstance(err, Interrupted):
+            raise Interrupted(f"{err}; " + (f"checkpoint saved at step {kept}" if kept is not None else
+                                            "no checkpoint saved") +
+                              " — re-run the same command to resume") from None
+        bar.write(f"stopped at step {step} by {type(err).__name__}; {_on_disk(kept)}")
+        raise
     finally:
         bar.close()
         tracker.close()

@@ -163,6 +163,14 @@ def posthoc_temperature_scaling(exp, run) -> dict:
     return out
 
 
+def lora_record(cfg, arch: str | None) -> dict | None:
+    """The LoRA settings the model was built with, defaults resolved (alpha -1 = 2 * rank, '' = arch targets)."""
+    if cfg is None:
+        return None
+    return {"rank": int(cfg.rank), "alpha": float(cfg.alpha), "scale": float(cfg.scale),
+            "dropout": float(cfg.dropout), "target_regex": cfg.regex(arch) if arch else cfg.target_regex}
+
+
 def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
     """results.json, predictions.jsonl, results.md and reliability.png; returns the results dict."""
     from umema_jax.metrics import reliability_diagram
@@ -176,7 +184,8 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
         "dev_history": run.history,
         "sizes": info["sizes"], "full_train_size": info.get("full_train_size"),
         "max_len": config.data.max_len, "encoding": info["encoding"], "token_lengths": info["token_lengths"],
-        "params": info["params"],
+        "params": info["params"], "lora": lora_record(getattr(exp.model, "lora_cfg", None),
+                                                     getattr(info.get("backbone"), "arch", None)),
         "train_time_per_epoch_s": run.epoch_times,     # complete epochs only; includes compilation in epoch 1
         "train_time_s": run.train_time_s,
         "mean_train_time_per_epoch_s": float(np.mean(run.epoch_times)) if run.epoch_times else None,

@@ -9,11 +9,15 @@ returned by `apply(..., mutable=['memory'])`. No host sync inside.
 Gradient accumulation (`grad_accum_steps = A > 1`) splits the mini-batch into
 A micro-batches and `lax.scan`s over them. Losses are sums divided by the
 *mini-batch's* valid-target count, so accumulated gradients equal the
-un-accumulated ones. Bank-write semantics stay "once per mini-batch": every
-micro-batch reads the bank as it was at the start of the step, each proposes
-its write into the same slot, and the new bank is the mean of the proposals
-(float leaves; the pointer advances once). With A = 1 this is exactly the
-model's own write.
+un-accumulated ones. The bank is written once per mini-batch (METHOD §2): every
+micro-batch reads the bank as it was at the start of the step and returns the
+two sums of its confidence-weighted entry (`memory_entry_numer/denom`); the
+step adds them over micro-batches and writes their ratio into one slot, so the
+entry is exactly the confidence-weighted mean over the whole mini-batch, and
+the pointer advances iff any row was real. A = 1 takes the same path.
+
+Branch telemetry (`train/telemetry.py`, keys `branch/...`) is computed inside
+the step from the same forward pass (the micro-batches' mean under A > 1).
 
 A non-finite loss or gradient leaves the state untouched (`finite=0` in the
 metrics); the loop then stops the run, so the last checkpoint stays good.
@@ -27,7 +31,9 @@ import jax.numpy as jnp
 import optax
 
 from umema_jax import runtime
+from umema_jax.memory.bank import write_moments
 from umema_jax.train.state import TrainState, merge_params
+from umema_jax.train.telemetry import branch_telemetry
 
 IGNORE = -100
 
@@ -57,21 +63,21 @@ def _variables(frozen: dict, trainable: dict, memory: dict) -> dict:
     return variables
 
 
-def _mean_memory(stacked: Any) -> Any:
-    """Average float leaves over the micro-batch axis; integer leaves (pointer) from the last one."""
-    return jax.tree.map(lambda x: x.mean(0).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-                        else x[-1], stacked)
-
-
 def make_loss_fn(model, task_type: str) -> Callable:
-    """(trainable, frozen, memory, batch, rng, denom) -> (summed CE / denom, new memory); differentiate arg 0."""
+    """(trainable, frozen, memory, batch, rng, denom) -> (summed CE / denom, (entry sums, telemetry)).
+
+    Differentiate arg 0. The model does not write the bank here (`write_memory=False`):
+    it returns the entry's sums, and the step writes once per mini-batch.
+    """
 
     def loss_fn(trainable, frozen, memory, micro, rng, denom):
-        out, mutated = model.apply(_variables(frozen, trainable, memory), micro, train=True,
-                                   rngs={"dropout": rng}, mutable=["memory"])
+        out = model.apply(_variables(frozen, trainable, memory), micro, train=True, write_memory=False,
+                          rngs={"dropout": rng})
         mask = target_mask(micro, task_type)
         loss = cross_entropy_sum(out.logits, micro["labels"], mask) / denom
-        return loss, mutated.get("memory", memory)
+        internals = out.internals or {}
+        sums = {k: internals[k] for k in ("memory_entry_numer", "memory_entry_denom") if k in internals}
+        return loss, (sums, branch_telemetry(out.aux or {}, internals, micro, memory))
 
     return loss_fn
 
@@ -87,7 +93,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         n_targets = jnp.sum(target_mask(batch, task_type))
         denom = jnp.maximum(n_targets, 1.0)
         if grad_accum_steps == 1:
-            (loss, memory), grads = grad_fn(state.trainable, frozen, state.memory, batch, rng, denom)
+            (loss, (sums, telemetry)), grads = grad_fn(state.trainable, frozen, state.memory, batch, rng, denom)
         else:
             A = grad_accum_steps
             # Micro-batch i = rows i, i+A, i+2A, ...: every device's contiguous shard of the
@@ -97,14 +103,22 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
             def body(acc, inputs):
                 mb, i = inputs
-                (l, mem), g = grad_fn(state.trainable, frozen, state.memory, mb,
-                                      jax.random.fold_in(rng, i), denom)
-                return (acc[0] + l, jax.tree.map(jnp.add, acc[1], g)), mem
+                (l, (s, t)), g = grad_fn(state.trainable, frozen, state.memory, mb,
+                                         jax.random.fold_in(rng, i), denom)
+                return (acc[0] + l, jax.tree.map(jnp.add, acc[1], g), jax.tree.map(jnp.add, acc[2], s)), t
 
             zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-            (loss, grads), mems = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                               (micro, jnp.arange(A)))
-            memory = _mean_memory(mems) if state.memory else state.memory
+            sums0 = jax.eval_shape(lambda: grad_fn(state.trainable, frozen, state.memory,
+                                                   jax.tree.map(lambda x: x[0], micro), rng, denom)[0][1][0])
+            sums0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums0)
+            (loss, grads, sums), tels = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros, sums0),
+                                                     (micro, jnp.arange(A)))
+            telemetry = jax.tree.map(lambda x: jnp.mean(x, 0), tels)
+        memory = state.memory
+        if sums:
+            memory = dict(memory, **write_moments(memory, sums["memory_entry_numer"], sums["memory_entry_denom"]))
+            if "branch/memory_written_slots" in telemetry:    # counted after this step's write
+                telemetry["branch/memory_written_slots"] = memory["filled"].astype(jnp.float32)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
@@ -114,7 +128,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "tokens": jnp.sum(batch["attention_mask"] * batch["example_mask"][:, None]),
-                   "targets": n_targets, "finite": finite.astype(jnp.int32)}
+                   "targets": n_targets, "finite": finite.astype(jnp.int32), **telemetry}
         return new, metrics
 
     return train_step

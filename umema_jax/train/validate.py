@@ -1,6 +1,7 @@
 """Config checks that run before anything is loaded or compiled: bad values fail in a second, in one line."""
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -38,9 +39,11 @@ def validate_config(c) -> None:
     elif m.name.startswith((".", "/", "~")) or m.name.endswith(".gguf"):
         _check(os.path.exists(os.path.expanduser(m.name)), f"model.name={m.name!r}: no such file or directory")
     _check(int(m.lora.rank) > 0, f"model.lora.rank={m.lora.rank}: must be > 0")
-    _check(float(m.lora.alpha) > 0, f"model.lora.alpha={m.lora.alpha}: must be > 0")
+    _check(float(m.lora.alpha) == -1 or _finite_positive(m.lora.alpha),
+           f"model.lora.alpha={m.lora.alpha}: must be > 0, or -1 for 2 * rank")
     _check(0.0 <= float(m.lora.dropout) < 1.0, f"model.lora.dropout={m.lora.dropout}: must be in [0, 1)")
     _regex_ok(m.lora.target_regex, "model.lora.target_regex")
+    _validate_branches(m)
 
     datasets = known_datasets()
     _check(d.name in datasets, f"data.name={d.name!r}: must be one of {', '.join(datasets)}")
@@ -64,10 +67,12 @@ def validate_config(c) -> None:
     for key in ("checkpoint_every_steps", "max_to_keep", "log_every_steps"):
         _check(int(t[key]) > 0, f"train.{key}={t[key]}: must be > 0")
 
-    _check(float(o.learning_rate) > 0, f"optim.learning_rate={o.learning_rate}: must be > 0")
+    _check(_finite_positive(o.learning_rate), f"optim.learning_rate={o.learning_rate}: must be finite and > 0")
     _check(0.0 <= float(o.warmup_ratio) < 1.0, f"optim.warmup_ratio={o.warmup_ratio}: must be in [0, 1)")
-    _check(float(o.weight_decay) >= 0, f"optim.weight_decay={o.weight_decay}: must be >= 0")
+    _check(_finite_positive(o.weight_decay, zero_ok=True),
+           f"optim.weight_decay={o.weight_decay}: must be finite and >= 0")
     _check(float(o.grad_clip_norm) > 0, f"optim.grad_clip_norm={o.grad_clip_norm}: must be > 0")
+    _check(_finite_positive(o.eps, zero_ok=True), f"optim.eps={o.eps}: must be finite and >= 0")
     _check(0 <= float(o.b1) < 1 and 0 <= float(o.b2) < 1, f"optim.b1/b2={o.b1}/{o.b2}: must be in [0, 1)")
 
     from umema_jax.train.sharding import FSDP_RULE_SETS
@@ -86,6 +91,45 @@ def validate_config(c) -> None:
                                  f"{devices} devices the batch is split over")
     _check(int(t.eval_batch_size) % devices == 0,
            f"train.eval_batch_size={t.eval_batch_size}: must be a multiple of the {devices} devices")
+    if not m.init_from_scratch:     # last: may ask the hub (one request online; nothing offline)
+        _check_weights_source(m.name)
+
+
+def _check_weights_source(name: str) -> None:
+    """model.name must be a built-in, an existing local path or a hub id that is cached or on the hub
+    (else the weight download fails after a minute of retries, with a traceback)."""
+    from umema_jax.weights.builtin import BUILTIN_GGUF
+    if name in BUILTIN_GGUF or os.path.exists(os.path.expanduser(name)):
+        return
+    from umema_jax.weights.load import hub_id_problem
+    problem = hub_id_problem(name)
+    _check(problem is None, f"model.name={name!r}: not a built-in ({', '.join(sorted(BUILTIN_GGUF))}), "
+                            f"an existing local path, or a usable hub id: {problem}")
+
+
+def _finite_positive(value, zero_ok: bool = False) -> bool:
+    """`value` > 0 (>= 0 with `zero_ok`) and finite: `inf` passes a bare `> 0` test."""
+    x = float(value)
+    return math.isfinite(x) and (x >= 0 if zero_ok else x > 0)
+
+
+def _validate_branches(m) -> None:
+    """model.um.* / model.ema.*: the keys of UMConfig / EMAConfig, checked by value."""
+    from umema_jax.memory.bank import RETRIEVALS
+    um, ema = m.um, m.ema
+    for key in ("d_u", "quant_levels", "num_tasks"):
+        _check(int(um[key]) > 0, f"model.um.{key}={um[key]}: must be > 0")
+    _check(float(um.temperature_max) == 0 or float(um.temperature_max) > 1,
+           f"model.um.temperature_max={um.temperature_max}: must be > 1, or 0 for the unbounded form")
+    for key in ("temperature_bias_init", "kappa_init", "temperature_max"):
+        _check(math.isfinite(float(um[key])), f"model.um.{key}={um[key]}: must be finite")
+    _check(all(isinstance(i, int) for i in um.layers), f"model.um.layers={um.layers!r}: must be a tuple of ints")
+    for key in ("slots", "d_u", "top_k"):
+        _check(int(ema[key]) > 0, f"model.ema.{key}={ema[key]}: must be > 0")
+    _check(int(ema.top_k) <= int(ema.slots), f"model.ema.top_k={ema.top_k}: must be <= model.ema.slots={ema.slots}")
+    for key in ("tau0", "retrieval_scale"):
+        _check(_finite_positive(ema[key]), f"model.ema.{key}={ema[key]}: must be finite and > 0")
+    _check(ema.retrieval in RETRIEVALS, f"model.ema.retrieval={ema.retrieval!r}: must be one of {', '.join(RETRIEVALS)}")
 
 
 def _regex_ok(pattern: str, key: str) -> None:

@@ -33,6 +33,8 @@ class UMConfig:
     temperature_bias_init / kappa_init: initial `b_T` and `κ`; softplus(-4) ≈
       0.018, so T starts just above 1 (raw logits are what equals LoRA at
       step 0, see model.py).
+    temperature_max: soft upper bound of T (`calibration_temperature`); 0 =
+      unbounded, METHOD §1.6 as written, which collapses (issue 15).
     """
     d_u: int = 64
     quant_levels: int = 8
@@ -40,6 +42,7 @@ class UMConfig:
     num_tasks: int = 1
     temperature_bias_init: float = -4.0
     kappa_init: float = -4.0
+    temperature_max: float = 3.0
     spread_eps: float = 1e-6
 
 
@@ -97,9 +100,21 @@ def causal_mixing_weights(queries: jax.Array, keys: jax.Array, mask: jax.Array) 
     return jnp.where(allowed, p, 0.0)
 
 
-def calibration_temperature(base_logit: jax.Array, kappa: jax.Array, u_bar: jax.Array) -> jax.Array:
-    """`T = 1 + softplus(w_T·M_U + b_T) + softplus(κ)·ū`; strictly increasing in ū."""
-    return 1.0 + jax.nn.softplus(base_logit) + jax.nn.softplus(kappa) * u_bar
+def calibration_temperature(base_logit: jax.Array, kappa: jax.Array, u_bar: jax.Array,
+                            t_max: float = 0.0) -> jax.Array:
+    """`T = 1 + s`, `s = softplus(w_T·M_U + b_T) + softplus(κ)·ū` (METHOD §1.6), strictly increasing in ū.
+
+    With `t_max > 1`, s is softly bounded: `T = 1 + (t_max − 1)·tanh(s / (t_max − 1))`,
+    equal to the unbounded form to first order near T = 1 and below t_max always.
+    Unbounded, raising T while the head scales its raw logits up is a free
+    direction of the loss: T drifted to 20 and shrank every input-dependent
+    gradient 20-fold (issue 15).
+    """
+    s = jax.nn.softplus(base_logit) + jax.nn.softplus(kappa) * u_bar
+    if t_max and t_max > 1.0:
+        span = t_max - 1.0
+        return 1.0 + span * jnp.tanh(s / span)
+    return 1.0 + s
 
 
 def last_valid_token(h: jax.Array, mask: jax.Array) -> jax.Array:
@@ -231,8 +246,9 @@ class UncertaintyModule(nn.Module):
         base = dense("w_T", 1, kernel_init=nn.initializers.zeros,
                      bias_init=nn.initializers.constant(cfg.temperature_bias_init))(m_u)[..., 0]
         kappa = self.param("kappa", nn.initializers.constant(cfg.kappa_init), ())
-        temperature = calibration_temperature(base, kappa, u_bar)
-        tok_temperature = jnp.where(m > 0, calibration_temperature(base[:, None], kappa, tok_bar), 1.0)
+        temperature = calibration_temperature(base, kappa, u_bar, cfg.temperature_max)
+        tok_temperature = jnp.where(m > 0, calibration_temperature(base[:, None], kappa, tok_bar,
+                                                                   cfg.temperature_max), 1.0)
 
         # 7. Confidence-weighted representation; γ starts at 0 (identity scaling).
         gamma = self.param("gamma", nn.initializers.zeros, ())

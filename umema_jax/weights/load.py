@@ -52,6 +52,30 @@ def resolve_hf_dir(name_or_path: str) -> str:
                       f"({type(err).__name__}; offline? set HF_HOME to a cache that has it)") from None
 
 
+def hub_id_problem(repo_id: str, timeout: float = 10.0) -> str | None:
+    """Why `repo_id` cannot be a hub checkpoint, without downloading: None when its snapshot is in
+    the local cache or the hub knows it; else one line. Offline (`HF_HUB_OFFLINE`) the hub is not
+    asked; online, one metadata request (no retries), not the minute of retries a download makes."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    try:
+        snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True)
+        return None
+    except HFValidationError:
+        return "not a valid hub id (owner/name)"
+    except Exception:  # noqa: BLE001 - not cached: ask the hub below
+        pass
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local hub cache, and HF_HUB_OFFLINE is set"
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except RepositoryNotFoundError:
+        return "no such model on the hub (or it is private: log in with `hf auth login`)"
+    except Exception as err:  # noqa: BLE001 - DNS, connection, timeout, ...
+        return f"not in the local hub cache, and the hub is unreachable ({type(err).__name__})"
+    return None
+
+
 def load_hf_dir(folder: str) -> tuple[BackboneConfig, dict]:
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.isfile(cfg_path):

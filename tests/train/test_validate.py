@@ -1,0 +1,58 @@
+"""Config checks (train/validate.py) and the LoRA alpha default, in-process (no launch.py subprocess)."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)   # configs.* import configs.common
+
+from configs.smoke import get_config  # noqa: E402
+from umema_jax.train.validate import ConfigError, validate_config  # noqa: E402
+
+
+@pytest.mark.parametrize("key, value", [
+    ("optim.learning_rate", float("inf")),
+    ("optim.learning_rate", float("nan")),
+    ("optim.weight_decay", float("inf")),
+    ("optim.eps", float("inf")),
+    ("model.lora.alpha", float("inf")),
+    ("model.lora.alpha", -2.0),
+])
+def test_non_finite_or_negative_numbers_are_rejected(key, value):
+    c = get_config()
+    section, name = key.rsplit(".", 1)
+    node = c
+    for part in section.split("."):
+        node = node[part]
+    node[name] = value
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(c)
+
+
+def test_lora_alpha_defaults_to_twice_the_rank():
+    """Paper: alpha = 2r at every rank of the sweep {4, 8, 16, 32}, i.e. scale 2."""
+    from umema_jax.backbones.config import get_backbone_config
+    from umema_jax.model import make_model
+    from umema_jax.train.build import model_config_view
+    for rank in (4, 8, 16, 32):
+        c = get_config()
+        c.model.lora.rank = rank                    # alpha left unset
+        validate_config(c)
+        model = make_model(model_config_view(c, "cls", 19), get_backbone_config(c.model.name))
+        assert (model.lora_cfg.alpha, model.lora_cfg.scale) == (2.0 * rank, 2.0), rank
+    c = get_config()
+    c.model.lora.rank, c.model.lora.alpha = 32, 16.0   # an explicit alpha is kept
+    model = make_model(model_config_view(c, "cls", 19), get_backbone_config(c.model.name))
+    assert model.lora_cfg.scale == 0.5
+
+
+def test_config_json_records_the_resolved_alpha():
+    """launch.py writes and compares alpha resolved, so an old config.json (alpha 16 at rank 8) still resumes."""
+    import launch
+    c = get_config()
+    c.model.lora.rank = 32
+    assert launch.resolved_config(c.to_dict())["model"]["lora"]["alpha"] == 64.0
+    old = get_config().to_dict()
+    old["model"]["lora"]["alpha"] = 16.0
+    assert launch.resolved_config(get_config().to_dict()) == launch.resolved_config(old)
