@@ -25,6 +25,14 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
 
 
+class RunFailed(Exception):
+    """A run that cannot start or go on: `code` is the exit code, the message one line."""
+
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
+
+
 def fail(code: int, msg: str) -> None:
     print(f"launch.py: error: {msg}", file=sys.stderr, flush=True)
     sys.exit(code)
@@ -41,9 +49,9 @@ def make_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as err:
-        fail(EXIT_BAD_INPUT, f"--workdir={workdir}: cannot create it ({err.strerror or err})")
+        raise RunFailed(EXIT_BAD_INPUT, f"--workdir={workdir}: cannot create it ({err.strerror or err})") from None
     if not os.access(workdir, os.W_OK | os.X_OK):
-        fail(EXIT_BAD_INPUT, f"--workdir={workdir}: not writable (read-only filesystem or permissions)")
+        raise RunFailed(EXIT_BAD_INPUT, f"--workdir={workdir}: not writable (read-only filesystem or permissions)")
 
 
 def resolved_config(config: dict) -> dict:
@@ -67,12 +75,12 @@ def check_resumable(workdir: str, resolved: dict) -> None:
             before = resolved_config(json.load(f))
         changed = config_differences(before, resolved)
         if changed:
-            fail(EXIT_BAD_INPUT, f"{workdir} holds a run with a different config ({', '.join(changed[:5])}); "
-                                 f"use another --workdir or delete it")
+            raise RunFailed(EXIT_BAD_INPUT, f"{workdir} holds a run with a different config "
+                                            f"({', '.join(changed[:5])}); use another --workdir or delete it")
     try:
         check_config(workdir, resolved)
     except CheckpointError as err:
-        fail(EXIT_BAD_INPUT, str(err))
+        raise RunFailed(EXIT_BAD_INPUT, str(err)) from None
 
 
 def unknown_config_key(argv: list) -> str | None:
@@ -136,13 +144,22 @@ def main(argv) -> None:
     enable_compilation_cache()
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    try:
+        run_config(config, os.path.abspath(_WORKDIR.value or default_workdir(config)))
+    except RunFailed as err:
+        fail(err.code, str(err))
+
+
+def run_config(config, workdir: str) -> dict:
+    """Trains and evaluates a validated config in `workdir` (resuming it), writes the outputs and
+    returns `results.json`'s content. The one way to run a config: launch.py's `main` and the
+    experiment runner's in-process mode both call it. Raises `RunFailed(exit code, one line)`."""
     from umema_jax.train import outputs
     from umema_jax.train.build import build_experiment
     from umema_jax.train.checkpoint import CheckpointError
     from umema_jax.train.loop import Interrupted, NonFiniteLoss, train_and_evaluate
     from umema_jax.train.sharding import make_mesh
 
-    workdir = os.path.abspath(_WORKDIR.value or default_workdir(config))
     make_workdir(workdir)
     resolved = resolved_config(config.to_dict())
     check_resumable(workdir, resolved)
@@ -152,7 +169,7 @@ def main(argv) -> None:
         exp = build_experiment(config)
         mesh = make_mesh(config.mesh.data, config.mesh.model)
     except (OSError, ValueError, KeyError) as err:
-        fail(EXIT_BAD_INPUT, f"{type(err).__name__}: {err}".splitlines()[0])
+        raise RunFailed(EXIT_BAD_INPUT, f"{type(err).__name__}: {err}".splitlines()[0]) from None
     # Only now: a start that failed above leaves no config.json to refuse the corrected command.
     outputs.write_json(os.path.join(workdir, "config.json"), resolved)
     enc = exp.info["encoding"]
@@ -165,16 +182,17 @@ def main(argv) -> None:
     try:
         run = train_and_evaluate(config, workdir, exp, mesh)
     except NonFiniteLoss as err:
-        fail(EXIT_NONFINITE, str(err))
+        raise RunFailed(EXIT_NONFINITE, str(err)) from None
     except CheckpointError as err:          # another config's checkpoint, or none intact
-        fail(EXIT_BAD_INPUT, str(err))
+        raise RunFailed(EXIT_BAD_INPUT, str(err)) from None
     except Interrupted as err:
-        fail(EXIT_INTERRUPTED, str(err))
+        raise RunFailed(EXIT_INTERRUPTED, str(err)) from None
     results = outputs.write_all(workdir, config, exp, run, time.perf_counter() - t0, mesh)
     primary = results["primary_metric"]
     print(f"test {primary} {100 * results['test'][primary]:.2f}  ECE {100 * results['test']['ece']:.2f}  "
           f"(dev {primary} {100 * results['dev'][primary]:.2f}; best step {run.best_step}) -> "
           f"{os.path.join(workdir, 'results.json')}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

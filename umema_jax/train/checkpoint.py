@@ -45,11 +45,12 @@ class CheckpointError(RuntimeError):
     """A workdir whose checkpoints cannot be resumed (another config, none intact); one line, names the path."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flatten_config(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: config keys as written on the command line."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
@@ -60,7 +61,7 @@ def config_identity(config) -> dict:
     everything but `RESUME_SAFE_PREFIXES` / `RESUME_SAFE_KEYS`, with `model.lora.alpha` resolved."""
     if hasattr(config, "to_dict"):
         config = config.to_dict()
-    flat = _flat(json.loads(json.dumps(config, default=str)))
+    flat = flatten_config(json.loads(json.dumps(config, default=str)))
     if "model.lora.alpha" in flat:
         from umema_jax.adapters.lora import resolve_alpha
         flat["model.lora.alpha"] = resolve_alpha(flat.get("model.lora.rank", 8), flat["model.lora.alpha"])

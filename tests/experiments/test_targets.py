@@ -1,0 +1,280 @@
+"""The experiment runner without training: specs, LR selection, cells, claims, time cap, dry run, outputs.
+
+Runs are faked by writing a results.json into the run directory a spec names
+(what launch.py leaves behind), so every aggregation path is checked in
+milliseconds; tests/experiments/test_smoke_all.py trains the smoke profile for real.
+"""
+import json
+import os
+
+import pytest
+
+from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import pipeline, runner
+from umema_jax.experiments import profiles as P
+from umema_jax.experiments import specs as S
+from umema_jax.experiments.targets import LR_FILE, ORDER, TARGETS, Context
+
+
+def fake_results(spec, primary=0.5, dev=0.4, **extra):
+    metric = "span_f1" if spec.get("data.name") in ("wnut17", "ploner") else "accuracy"
+    test = {metric: primary, "ece": 0.1, "nll": 1.5, "brier": 0.6}
+    r = {"dataset": spec.get("data.name"), "model": spec.get("model.name"), "method": spec.get("model.method"),
+         "seed": spec.get("seed"), "primary_metric": metric, "test": test, "dev": {metric: dev, "ece": 0.1},
+         "test_posthoc_ts": {metric: primary, "ece": 0.05, "nll": 1.4, "brier": 0.59}, "best_step": 5, "steps": 10,
+         "params": {"trainable": 100, "total": 1000}, "memory": {"peak_rss_mb": 2048.0},
+         "mean_train_time_per_epoch_s": 30.0, "wall_time_s": 100.0}
+    r.update(extra)
+    return r
+
+
+def write_run(root, spec, results):
+    d = S.workdir(root, spec)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(results, f)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({}, f)
+
+
+def choose(tmp_path, profile="cpu", lr=2e-4):
+    """A context whose adapter LR has been chosen (as lr_select would record it)."""
+    prof = P.get_profile(profile)
+    out = tmp_path / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    sel = {b.name: {"adapter": {"grid": list(prof.lr_grid), "chosen": lr, "complete": True}} for b in prof.backbones}
+    (out / LR_FILE).write_text(json.dumps(sel))
+    return Context(prof, str(tmp_path / "runs"), str(out))
+
+
+def test_spec_key_is_the_overrides_not_their_order_nor_output_keys():
+    a = S.make_spec("configs/semeval.py", {"seed": 1, "optim.learning_rate": 1e-3})
+    b = S.make_spec("configs/semeval.py", {"optim.learning_rate": 1e-3}, {"seed": 1})
+    c = S.make_spec("configs/semeval.py", {"optim.learning_rate": 1e-3, "seed": 1, "output.tensorboard": False})
+    assert a.key == b.key == c.key
+    assert S.make_spec("configs/semeval.py", {"seed": 2, "optim.learning_rate": 1e-3}).key != a.key
+    assert "--config.optim.learning_rate=0.001" in a.launch_args("/w") and a.launch_args("/w")[-1] == "--workdir=/w"
+    config = S.load_config(a)
+    assert config.seed == 1 and config.optim.learning_rate == 1e-3 and config.data.name == "semeval"
+    with pytest.raises(KeyError, match="unknown config key"):
+        S.load_config(S.make_spec("configs/semeval.py", {"train.no_such_key": 1}))
+
+
+def test_every_profile_expands_every_target_and_resolves_its_configs(tmp_path):
+    for name in P.PROFILES:
+        ctx = choose(tmp_path / name, name)
+        jobs, pending = pipeline.collect(ctx, ORDER)
+        assert jobs and not pending, name
+        for spec, _ in jobs.values():
+            if spec.kind == "train":
+                S.load_config(spec)          # every override names a real key
+
+
+def test_lr_select_reads_only_the_lora_baselines_dev_score(tmp_path):
+    ctx = Context(P.get_profile("cpu"), str(tmp_path / "runs"), str(tmp_path / "out"))
+    cells = TARGETS["lr_select"].cells(ctx)
+    adapter = [c for c in cells if c.labels["family"] == "adapter"]
+    assert [c.labels["lr"] for c in adapter] == list(ctx.profile.lr_grid)
+    for c in adapter:
+        assert c.metric.startswith("dev.") and [s.get("model.method") for s in c.specs] == ["lora"]
+        assert c.specs[0].get("data.name") == "semeval" and c.specs[0].get("data.train_size") == 1000
+        assert c.specs[0].get("seed") == 0
+    # dev peaks at 1e-3 (tie with 2e-3 -> the lower), test would have picked 5e-5
+    dev = {1e-3: 0.6, 2e-3: 0.6}
+    for c in adapter:
+        lr = c.labels["lr"]
+        write_run(ctx.root, c.specs[0], fake_results(c.specs[0], primary=0.9 if lr == 5e-5 else 0.1,
+                                                     dev=dev.get(lr, 0.3)))
+    pipeline.render(ctx, ["lr_select"], log=lambda m: None)
+    sel = json.loads((tmp_path / "out" / LR_FILE).read_text())["smollm2-135m"]
+    assert sel["adapter"]["chosen"] == 1e-3 and sel["full_weight"]["status"] == "not implemented"
+    ctx2 = Context(P.get_profile("cpu"), ctx.root, ctx.out)
+    assert ctx2.lr(ctx.profile.backbones[0], "adapter") == 1e-3
+    md = (tmp_path / "out" / "table2.md")
+    pipeline.render(ctx2, ["table2"], log=lambda m: None)
+    assert "**0.001**" in md.read_text()
+
+
+def test_no_table_uses_a_learning_rate_other_than_the_selected_one(tmp_path):
+    unchosen = Context(P.get_profile("cpu"), str(tmp_path / "a"), str(tmp_path / "a_out"))
+    for name in ("table3", "table4", "table5", "table6", "table7", "fig5", "fig6", "fig7"):
+        cells = TARGETS[name].cells(unchosen)
+        assert not [s for c in cells for s in c.specs], name           # nothing runs before lr_select
+        assert any(c.status == A.PENDING_LR for c in cells), name
+    ctx = choose(tmp_path, lr=5e-4)
+    for name in ("table3", "table4", "table5", "table6", "table7", "fig5", "fig6", "fig7"):
+        lrs = {s.get("optim.learning_rate") for c in TARGETS[name].cells(ctx) for s in c.specs}
+        assert lrs == {5e-4}, name
+    # a chosen LR recorded on another grid is stale: treated as not chosen
+    (tmp_path / "out" / LR_FILE).write_text(json.dumps({"smollm2-135m": {"adapter": {"grid": [1.0], "chosen": 1.0}}}))
+    assert Context(P.get_profile("cpu"), ctx.root, ctx.out).lr(ctx.profile.backbones[0], "adapter") is None
+
+
+def test_cells_say_what_is_missing_and_baselines_fill_in_when_implemented(tmp_path):
+    ctx = choose(tmp_path)
+    cells = TARGETS["table5"].cells(ctx)
+    cell = next(c for c in cells if c.labels == {"backbone": "SmolLM2-135M", "method": "LoRA",
+                                                  "dataset": "SemEval", "size": "n=1000"})
+    assert len(cell.specs) == 3
+    assert A.summarise(cell, ctx.root).text() == "– (0/3 runs)"
+    write_run(ctx.root, cell.specs[0], fake_results(cell.specs[0], primary=0.30))
+    write_run(ctx.root, cell.specs[1], fake_results(cell.specs[1], primary=0.34))
+    r = A.summarise(cell, ctx.root)
+    assert r.text() == "32.00 ± 2.83 (2/3 seeds)" and r.values == {0: 0.30, 1: 0.34}
+    write_run(ctx.root, cell.specs[2], fake_results(cell.specs[2], primary=0.32))
+    assert A.summarise(cell, ctx.root).text() == "32.00 ± 2.00"
+    # a key the run does not have (e.g. telemetry added later) reads n/a, never a crash or a silent drop
+    missing = A.Cell(cell.labels, specs=cell.specs, metric="test.error_auroc")
+    assert A.summarise(missing, ctx.root).text() == "n/a (no error_auroc)"
+
+    t3 = TARGETS["table3"].cells(ctx)
+    lisa = [c for c in t3 if c.labels["method"] == "LISA"]
+    assert lisa and all(c.status == A.NOT_IMPLEMENTED and not c.specs for c in lisa)
+    # the day a baseline lands under one of its names, its cells expand to runs with no runner change
+    ctx2 = Context(ctx.profile, ctx.root, ctx.out, implemented=P.implemented_methods() | {"milora", "lisa"})
+    t3 = TARGETS["table3"].cells(ctx2)
+    milora = [c for c in t3 if c.labels["method"] == "MiLoRA"]
+    assert all(c.specs and c.specs[0].get("model.method") == "milora" for c in milora)
+    assert all(s.get("optim.learning_rate") == 2e-4 for c in milora for s in c.specs)       # adapter family LR
+    assert all(c.status == A.PENDING_LR for c in t3 if c.labels["method"] == "LISA")        # its own grid first
+    fw = [c for c in TARGETS["lr_select"].cells(ctx2) if c.labels["family"] == "full_weight"]
+    assert [c.labels["lr"] for c in fw] == list(ctx.profile.full_weight_lr_grid)
+    assert all(c.specs[0].get("model.method") == "lisa" for c in fw)
+
+
+def test_claim_verdicts_use_two_standard_errors():
+    def res(values, metric="test.accuracy"):
+        return A.CellResult(A.Cell({}, metric=metric), dict(enumerate(values)), expected=len(values))
+    assert A.compare(res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))[0] == A.SUPPORTS
+    assert A.compare(res([0.40, 0.41, 0.42]), res([0.50, 0.51, 0.52]))[0] == A.CONTRADICTS
+    assert A.compare(res([0.40, 0.50, 0.60]), res([0.45, 0.50, 0.55]))[0] == A.CANNOT_TELL
+    assert A.compare(res([0.9]), res([0.1]))[0] == A.CANNOT_TELL               # one seed: no noise estimate
+    assert A.compare(res([0.1, 0.1], "test.ece"), res([0.2, 0.2], "test.ece"), higher_is_better=False)[0] == A.SUPPORTS
+    assert A.compare(res([]), res([0.1]))[0] == A.NOT_COMPUTED
+    assert A.combine([A.SUPPORTS, A.SUPPORTS])[0] == A.SUPPORTS
+    assert A.combine([A.SUPPORTS, A.NOT_COMPUTED])[0] == A.CANNOT_TELL        # "every" needs every cell
+    assert A.combine([A.SUPPORTS, A.CONTRADICTS])[0] == A.CONTRADICTS
+    assert A.combine([A.SUPPORTS, A.SUPPORTS, A.CONTRADICTS], "most")[0] == A.SUPPORTS
+    assert A.combine([A.NOT_COMPUTED])[0] == A.NOT_COMPUTED
+
+
+def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
+    ctx = choose(tmp_path)
+    accs = {"lora": [0.30, 0.31, 0.32], "lora+um": [0.33, 0.34, 0.35], "lora+ema": [0.31, 0.30, 0.32],
+            "full": [0.40, 0.41, 0.42]}
+    for c in TARGETS["table5"].cells(ctx):
+        if c.labels["dataset"] == "SemEval" and c.labels["size"] == "n=1000":
+            for s in c.specs:
+                write_run(ctx.root, s, fake_results(s, primary=accs[s.get("model.method")][s.get("seed")],
+                                                    test_posthoc_ts={"ece": 0.01, "nll": 1.0, "brier": 0.5}))
+    pipeline.render(ctx, ["table5", "table7", "table3"], log=lambda m: None)
+    md = (tmp_path / "out" / "table5.md").read_text()
+    assert "| SmolLM2-135M | Ours (LoRA+UM+EMA) |" in md and "41.00 ± 1.00" in md
+    assert "– (0/3 runs)" in md                       # 20News and the smaller sizes are not computed yet
+    side = json.loads((tmp_path / "out" / "table5.json").read_text())
+    cell = next(c for c in side["cells"] if c["labels"]["method"] == "+UM" and c["labels"]["size"] == "n=1000"
+                and c["labels"]["dataset"] == "SemEval")
+    assert cell["per_seed"] == {"0": 0.33, "1": 0.34, "2": 0.35} and cell["mean"] == pytest.approx(0.34)
+    assert side["command"] == "python -m umema_jax.experiments table5 --profile=cpu" and side["commit"]
+    assert side["deviations"] == list(ctx.profile.deviations)
+    claims = {c["id"]: c for c in side["claims"]}
+    assert claims["C8c"]["verdict"] == A.CANNOT_TELL          # Ours > +UM holds where computed, cells missing
+    assert "3 support" in claims["C8c"]["detail"] or "1 support" in claims["C8c"]["detail"]
+    t7 = (tmp_path / "out" / "table7.md").read_text()
+    ts_row = "| LoRA + post-hoc TS | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | 1.00 ± 0.00 | 1.0000 ± 0.0000 | 0.5000"
+    assert ts_row in t7                              # 20News not computed; SemEval read from test_posthoc_ts
+    t3 = (tmp_path / "out" / "table3.md").read_text()
+    assert "| SmolLM2-135M | LISA | not implemented |" in t3
+
+
+def test_time_cap_stops_between_runs_and_the_next_call_continues(tmp_path, monkeypatch):
+    ctx = choose(tmp_path)
+    jobs, _ = pipeline.collect(ctx, ["table5"])
+    jobs = list(jobs.values())[:3]
+    ran, clock = [], [0.0]
+
+    def fake_run(spec, root, isolation="subprocess", env=None):
+        clock[0] += 3600.0                      # each run takes an hour
+        ran.append(spec.key)
+        write_run(root, spec, fake_results(spec))
+        return 0, ""
+
+    class Est:
+        def time_s(self, spec):
+            return 3600.0
+
+    monkeypatch.setattr(runner, "run_one", fake_run)
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    logs = []
+    s = runner.execute(jobs, ctx.root, Est(), max_hours=1.5, log=logs.append)
+    assert s["ran"] == 1 and "time cap" in s["stopped"]            # the first run always starts
+    assert any("run 1/3" in m and "ETA" in m for m in logs)
+    s = runner.execute(jobs, ctx.root, Est(), max_hours=2.5, log=logs.append)
+    assert s["ran"] == 2 and s["already_done"] == 1 and not s["stopped"]
+    assert runner.execute(jobs, ctx.root, Est(), log=logs.append)["ran"] == 0   # all finished: skipped
+    assert len(set(ran)) == 3
+
+
+def test_failed_runs_are_recorded_and_skipped_unless_retried(tmp_path, monkeypatch):
+    ctx = choose(tmp_path)
+    jobs = list(pipeline.collect(ctx, ["table5"])[0].values())[:1]
+    spec = jobs[0][0]
+    calls = []
+
+    def failing(spec, workdir, env):
+        calls.append(1)
+        return 3, "non-finite loss"
+    monkeypatch.setattr(runner, "_train_subprocess", failing)
+
+    class Est:
+        def time_s(self, spec):
+            return 1.0
+    s = runner.execute(jobs, ctx.root, Est(), log=lambda m: None)
+    assert s["failed"][0]["rc"] == 3 and S.status(ctx.root, spec) == "failed"
+    assert runner.execute(jobs, ctx.root, Est(), log=lambda m: None)["ran"] == 0
+    assert runner.execute(jobs, ctx.root, Est(), retry_failed=True, log=lambda m: None)["ran"] == 1
+    cell = next(c for c in TARGETS["table5"].cells(ctx) if spec in c.specs)
+    assert "failed" in A.summarise(A.Cell(cell.labels, specs=[spec]), ctx.root).text()
+
+
+def test_dry_run_lists_lr_selection_first_with_time_and_memory(tmp_path):
+    logs = []
+    out = pipeline.run_targets(["table5"], "cpu", str(tmp_path / "runs"), str(tmp_path / "out"), dry_run=True,
+                               log=logs.append)
+    rows = out["plan"]["runs"]
+    assert rows[0]["status"] == "todo" and "lr_select (first)" in rows[0]["targets"]
+    assert sum(r["status"] == "todo" for r in rows) == len(P.get_profile("cpu").lr_grid)
+    assert sum(r["status"] == "pending LR" for r in rows) == 4 * 2 * 3 * 3 - 1   # one coincides with lr_select's
+    sem = next(r for r in rows if r["run"].startswith("semeval_smollm2-135m_full_n1000_s0"))
+    assert 10 * 60 < sem["est_s"] < 60 * 60 and 0.5 < sem["mem_gib"] < 16
+    assert any("remaining" in m for m in logs) and not os.path.exists(tmp_path / "runs")
+
+
+def test_paper_profile_memory_comes_from_shapes():
+    from umema_jax.experiments.estimate import run_memory_gib
+    prof = P.get_profile("paper")
+    ctx = Context(prof, "/nonexistent", "/nonexistent")
+    spec = next(c for c in TARGETS["lr_select"].cells(ctx) if c.labels["backbone"] == "LLaMA3-8B").specs[0]
+    gib = run_memory_gib(spec, prof.datasets["semeval"])
+    # bf16 frozen 7.5 B params FSDP over 2 devices (~7 GiB each) + LoRA state + remat activations
+    assert 7.0 < gib < 12.0
+
+
+def test_fig7_reads_benchmark_step_times(tmp_path):
+    ctx = choose(tmp_path)
+    (bench,) = TARGETS["fig7"].extra_specs(ctx)
+    assert "--compare" in bench.args and "--backbone=smollm2-135m" in bench.args
+    d = S.workdir(ctx.root, bench)
+    os.makedirs(d)
+    with open(os.path.join(d, S.BENCH_FILE), "w") as f:
+        for m, t in (("lora", 1.0), ("lora+um", 1.05), ("lora+ema", 1.06), ("full", 1.1)):
+            f.write(json.dumps({"method": m, "step_s": t, "trainable_params": 1000, "relative_step_time": t,
+                                "peak_rss_mb": 3000.0}) + "\n")
+    open(os.path.join(d, "done"), "w").close()
+    pipeline.render(ctx, ["fig7"], log=lambda m: None)
+    md = (tmp_path / "out" / "fig7.md").read_text()
+    assert "| SmolLM2-135M | +UM | 1,000 | 1.0500 | 1.050 | 66.2 | 3000 |" in md   # 63 steps per epoch
+    assert "| SmolLM2-135M | LISA | not implemented |" in md
+    side = json.loads((tmp_path / "out" / "fig7.json").read_text())
+    assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == A.SUPPORTS
+    assert os.path.getsize(tmp_path / "out" / "fig7.png") > 0

@@ -1,0 +1,251 @@
+"""From run results to published cells: per-seed values, mean ± std, missing-cell marks, claims, outputs.
+
+Every cell of a table is a `Cell` (labels + one RunSpec per seed + the metric it
+reads). `summarise` turns it into a `CellResult` whose text never hides a hole:
+`not implemented`, `– (LR not chosen)`, `– (0/3 runs)`, `n/a (no key …)`,
+`failed`, or `mean ± std (2/3 seeds)` for a partial cell. Claims (EXPERIMENTS.md
+§5) are judged cell by cell with a two-standard-error rule; one seed gives no
+noise estimate, so it can only "cannot tell".
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import json
+import math
+import os
+
+from umema_jax.experiments import specs as S
+
+PERCENT = ("accuracy", "span_f1", "ece", "primary", "macro_f1", "semeval_f1", "aurc", "f1")
+
+NOT_IMPLEMENTED = "not implemented"
+PENDING_LR = "LR not chosen"
+NOT_IN_PROFILE = "not in profile"
+UNSUPPORTED = "not supported"
+
+
+@dataclasses.dataclass
+class Cell:
+    labels: dict                              # e.g. {'backbone': .., 'method': .., 'dataset': .., 'size': ..}
+    specs: list = dataclasses.field(default_factory=list)   # one per seed (empty for a status cell)
+    metric: str = "test.{primary}"            # path into results.json ('{primary}' = the task's metric)
+    status: str = ""                          # '' (runnable) or one of the constants above
+    note: str = ""                            # why (shown in the sidecar)
+    placeholder: list = dataclasses.field(default_factory=list)  # specs a pending cell will need (dry run)
+
+
+@dataclasses.dataclass
+class CellResult:
+    cell: Cell
+    values: dict                 # seed -> float | None (None: results.json lacks the key)
+    expected: int
+    failed: int = 0
+    runs: list = dataclasses.field(default_factory=list)
+
+    @property
+    def numbers(self) -> list:
+        return [v for v in self.values.values() if v is not None]
+
+    @property
+    def n(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.numbers) / self.n if self.n else None
+
+    @property
+    def std(self) -> float | None:
+        if self.n < 2:
+            return None
+        m = self.mean
+        return math.sqrt(sum((x - m) ** 2 for x in self.numbers) / (self.n - 1))
+
+    @property
+    def complete(self) -> bool:
+        return self.n == self.expected and self.expected > 0
+
+    def text(self) -> str:
+        c = self.cell
+        if c.status == NOT_IMPLEMENTED:
+            return "not implemented"
+        if c.status == PENDING_LR:
+            return "– (LR not chosen)"
+        if c.status == NOT_IN_PROFILE:
+            return "– (not in profile)"
+        if c.status == UNSUPPORTED:
+            return "not supported"
+        done = len(self.values)
+        if done and self.n == 0:
+            return f"n/a (no {metric_key(c.metric)})"
+        if self.n == 0:
+            return f"failed ({self.failed}/{self.expected})" if self.failed else f"– (0/{self.expected} runs)"
+        text = fmt(self.mean, c.metric)
+        if self.std is not None:
+            text += f" ± {fmt(self.std, c.metric)}"
+        if self.n < self.expected:
+            text += f" ({self.n}/{self.expected} seeds)"
+        return text
+
+    def to_json(self) -> dict:
+        return {"labels": self.cell.labels, "metric": self.cell.metric, "status": self.cell.status or
+                ("complete" if self.complete else "partial" if self.n else "missing"),
+                "note": self.cell.note, "text": self.text(), "per_seed": {str(k): v for k, v in self.values.items()},
+                "mean": self.mean, "std": self.std, "n": self.n, "expected": self.expected,
+                "failed": self.failed, "runs": self.runs}
+
+
+def metric_key(path: str) -> str:
+    return path.split(".")[-1]
+
+
+def fmt(x: float | None, metric: str) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.2f}" if metric_key(metric) in PERCENT + ("{primary}",) else f"{x:.4f}"
+
+
+def get_metric(results: dict, path: str):
+    node = results
+    for part in path.replace("{primary}", str(results.get("primary_metric", "primary"))).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def summarise(cell: Cell, root: str) -> CellResult:
+    values, failed, runs = {}, 0, []
+    for spec in cell.specs:
+        runs.append(S.workdir(root, spec))
+        results = S.load_results(root, spec)
+        if results is None:
+            failed += S.failure(root, spec) is not None
+            continue
+        values[spec.get("seed", 0)] = get_metric(results, cell.metric)
+    return CellResult(cell, values, expected=len(cell.specs), failed=failed, runs=runs)
+
+
+# --------------------------------------------------------------------------- claims
+
+SUPPORTS, CONTRADICTS, CANNOT_TELL, NOT_COMPUTED = "supports", "contradicts", "cannot tell", "not computed"
+
+
+def compare(a: CellResult, b: CellResult, higher_is_better: bool = True) -> tuple[str, str]:
+    """Is a better than b? Two standard errors of the difference of means (needs >= 2 seeds each)."""
+    if not a.n or not b.n:
+        return NOT_COMPUTED, "missing"
+    d = (a.mean - b.mean) * (1 if higher_is_better else -1)
+    m = a.cell.metric
+    if a.n >= 2 and b.n >= 2:
+        se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+        detail = f"diff {fmt(abs(d), m)} {'for' if d > 0 else 'against'}, 2·SE {fmt(2 * se, m)}"
+        if d > 2 * se:
+            return SUPPORTS, detail
+        if d < -2 * se:
+            return CONTRADICTS, detail
+        return CANNOT_TELL, detail
+    return CANNOT_TELL, f"1 seed: diff {fmt(abs(d), m)} {'for' if d > 0 else 'against'} (no noise estimate)"
+
+
+def combine(verdicts: list, mode: str = "every") -> tuple[str, str]:
+    """Cell verdicts -> one. 'every': all must support; 'most': more than half must."""
+    total = len(verdicts)
+    counts = {v: sum(1 for x in verdicts if x == v) for v in (SUPPORTS, CONTRADICTS, CANNOT_TELL, NOT_COMPUTED)}
+    computed = total - counts[NOT_COMPUTED]
+    detail = (f"{counts[SUPPORTS]} support, {counts[CONTRADICTS]} contradict, {counts[CANNOT_TELL]} within noise, "
+              f"{counts[NOT_COMPUTED]} not computed, of {total} comparisons")
+    if not computed:
+        return NOT_COMPUTED, detail
+    if mode == "every":
+        if counts[CONTRADICTS]:
+            return CONTRADICTS, detail
+        if counts[SUPPORTS] == total:
+            return SUPPORTS, detail
+        return CANNOT_TELL, detail
+    if counts[SUPPORTS] * 2 > total:
+        return SUPPORTS, detail
+    if counts[CONTRADICTS] * 2 >= total:
+        return CONTRADICTS, detail
+    return CANNOT_TELL, detail
+
+
+def claim(cid: str, text: str, verdict: str, detail: str, comparisons: list | None = None) -> dict:
+    return {"id": cid, "claim": text, "verdict": verdict, "detail": detail, "comparisons": comparisons or []}
+
+
+def claims_markdown(claims: list) -> list:
+    if not claims:
+        return ["No claim of EXPERIMENTS.md §5 is about this output."]
+    lines = ["| claim | paper says | verdict | evidence |", "|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {c['id']} | {c['claim']} | **{c['verdict']}** | {c['detail']} |")
+    lines += ["", "Verdicts: *supports* / *contradicts* = the difference is beyond two standard errors (≥ 2 seeds "
+              "per cell) for every compared cell; *cannot tell* = within seed noise, one seed only, or cells "
+              "still missing; *not computed* = no run yet."]
+    return lines
+
+
+# --------------------------------------------------------------------------- tables
+
+def pivot(results: list, row_keys: tuple, col_keys: tuple, col_name=None) -> list:
+    """Markdown table: one row per distinct row-label tuple, one column per column-label tuple (in order)."""
+    rows, cols, table = [], [], {}
+    for r in results:
+        rk = tuple(r.cell.labels.get(k) for k in row_keys)
+        ck = tuple(r.cell.labels.get(k) for k in col_keys)
+        if rk not in rows:
+            rows.append(rk)
+        if ck not in cols:
+            cols.append(ck)
+        table[rk, ck] = r.text()
+    col_name = col_name or (lambda ck: " ".join(str(x) for x in ck))
+    head = [str(k) for k in row_keys] + [col_name(ck) for ck in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rk in rows:
+        lines.append("| " + " | ".join([str(x) for x in rk] + [table.get((rk, ck), "") for ck in cols]) + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------- outputs
+
+def commit() -> str:
+    from umema_jax.train.outputs import git_commit
+    return git_commit()
+
+
+def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, cells: list, extra: dict | None = None,
+          doc: str = "") -> dict:
+    """<out>/<target>.md and <target>.json (the sidecar)."""
+    os.makedirs(out_dir, exist_ok=True)
+    command = f"python -m umema_jax.experiments {target} --profile={ctx.profile.name}"
+    sha = commit()
+    md = [f"# {title}", ""]
+    if doc:
+        md += [inspect.cleandoc(doc), ""]
+    md += body + ["", "## Claims (EXPERIMENTS.md §5)", ""] + claims_markdown(claims)
+    md += ["", "## Deviations from the paper (profile `%s`)" % ctx.profile.name, ""]
+    md += [f"- {d}" for d in ctx.profile.deviations] or ["- none"]
+    lr = ctx.lr_note()
+    if lr:
+        md += [f"- learning rates: {lr}"]
+    md += ["", f"Command: `{command}` · commit `{sha}` · runs under `{ctx.root}`", ""]
+    with open(os.path.join(out_dir, f"{target}.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    sidecar = {"target": target, "title": title, "profile": ctx.profile.name, "command": command, "commit": sha,
+               "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "deviations": list(ctx.profile.deviations), "learning_rates": ctx.lr_selection,
+               "root": ctx.root, "cells": [c.to_json() for c in cells], "claims": claims}
+    sidecar.update(extra or {})
+    S_write_json(os.path.join(out_dir, f"{target}.json"), sidecar)
+    return sidecar
+
+
+def S_write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)

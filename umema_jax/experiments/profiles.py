@@ -1,0 +1,214 @@
+"""Profiles (smoke | cpu | paper) and the method registry, as data.
+
+A profile says which backbones, datasets, sizes, seeds and learning-rate grid
+the paper's protocol (`../shared/design/EXPERIMENTS.md` §1, §4) resolves to on a
+given budget, plus the config overrides every run of the profile shares and
+the deviations from the paper a published table must state.
+
+Methods: a paper row (SplitLoRA, LISA, ..., Ours) names candidate
+`model.method` values; a row is *implemented* when one of them is accepted by
+both `umema_jax.model.METHODS` and `umema_jax.train.validate.METHODS`, so a
+baseline that lands under one of these names fills its cells without any
+change here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures", "data")
+
+
+# --------------------------------------------------------------------------- methods
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A row of the paper's tables. `family`: 'adapter' methods share the LoRA-selected LR,
+    'full_weight' methods get their own (EXPERIMENTS.md §3)."""
+    label: str
+    candidates: tuple            # model.method values that implement it (first implemented wins)
+    family: str = "adapter"
+    overrides: tuple = ()        # extra (key, value) config overrides the method needs
+
+
+LORA = Method("LoRA", ("lora",))
+UM = Method("+UM", ("lora+um",))
+EMA = Method("+EMA", ("lora+ema",))
+OURS = Method("Ours (LoRA+UM+EMA)", ("full",))
+BASELINES = (
+    Method("SplitLoRA", ("splitlora", "split_lora")),
+    Method("LISA", ("lisa",), family="full_weight"),
+    Method("MiLoRA", ("milora", "mi_lora")),
+    Method("FLoRA", ("flora",)),
+    Method("ALoRA", ("alora",)),
+    Method("full FT", ("full_ft", "fullft", "full-ft", "ft"), family="full_weight"),
+)
+ABLATION = (LORA, UM, EMA, OURS)
+COMPARISON = BASELINES + (LORA, OURS)
+
+
+def implemented_methods() -> frozenset:
+    """`model.method` values the code accepts today (model registry ∩ config validation)."""
+    from umema_jax import model
+    from umema_jax.train import validate
+    return frozenset(model.METHODS) & frozenset(validate.METHODS)
+
+
+def method_name(method: Method, implemented=None) -> str | None:
+    """The `model.method` value that runs `method`, or None when it is not implemented."""
+    implemented = implemented_methods() if implemented is None else implemented
+    return next((c for c in method.candidates if c in implemented), None)
+
+
+def missing_data_supported() -> bool:
+    """Fig 5 needs a `data.missing_rate` config key (the data layer has the corruption already)."""
+    from configs.common import base_config
+    return "missing_rate" in base_config().data
+
+
+# --------------------------------------------------------------------------- profiles
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    label: str                   # printed name
+    name: str                    # model.name
+    overrides: tuple = ()        # (key, value) overrides for every run on this backbone
+    bench_args: tuple = ()       # extra umema_jax.bench flags for fig7
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSetup:
+    name: str                    # data.name
+    task: str                    # cls | ner
+    config_file: str             # configs/*.py the run starts from
+    overrides: tuple = ()
+    dev_n: int = 0               # for estimates only (examples scored per dev evaluation)
+    test_n: int = 0              # for estimates only
+    tokens: int = 48             # typical padded length, for estimates only
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    backbones: tuple
+    datasets: dict               # data.name -> DatasetSetup (only those the profile runs)
+    sizes: tuple
+    seeds: tuple
+    lr_grid: tuple               # adapter-family grid (LoRA baseline's dev score)
+    full_weight_lr_grid: tuple   # full-weight methods' own grid
+    missing_rates: tuple
+    figure_size: int             # train size of the fig4/fig5 sweeps' cheapest cell (all sizes if paper)
+    figure_sizes: tuple          # sizes drawn as lines in fig4/fig5
+    common: tuple                # overrides shared by every run
+    deviations: tuple            # sentences for every published table
+    alias: dict = dataclasses.field(default_factory=dict)   # paper dataset -> profile stand-in (figures)
+    selection_size: int = 1000   # LR selection cell: SemEval, this size, seed 0
+    bench: tuple = ()            # umema_jax.bench flags for fig7 (besides --backbone)
+    run_overhead_s: float = 60.0  # per-run fixed cost for estimates (start-up, loading, compiling)
+
+    def dataset(self, name: str) -> DatasetSetup | None:
+        """The setup that stands for paper dataset `name` here (through `alias`), or None."""
+        return self.datasets.get(name) or self.datasets.get(self.alias.get(name, ""))
+
+
+def _smoke() -> Profile:
+    tiny = (("model.init_from_scratch", True),)
+    fx = lambda sub: (("data.data_dir", os.path.join(FIXTURES, sub)),)   # noqa: E731
+    return Profile(
+        name="smoke",
+        backbones=(Backbone("tiny GPT-2 (random)", "gpt2-tiny", tiny),),
+        datasets={
+            "semeval": DatasetSetup("semeval", "cls", "configs/smoke.py", fx("semeval_tiny"), 60, 30, 48),
+            "wnut17": DatasetSetup("wnut17", "ner", "configs/smoke.py",
+                                   (("data.name", "wnut17"),) + fx("wnut17_tiny"), 20, 20, 48),
+        },
+        sizes=(16,), seeds=(0,), lr_grid=(1e-3, 1e-2), full_weight_lr_grid=(1e-4, 1e-3),
+        missing_rates=(0.0, 0.3), figure_size=16, figure_sizes=(16,),
+        common=(("train.epochs", 2), ("train.batch_size", 8), ("train.eval_batch_size", 32),
+                ("data.max_len", 48), ("data.pad_to_multiple", 48), ("data.dev_size", 0),
+                ("data.test_size", 0), ("train.checkpoint_every_steps", 1000),
+                ("train.log_every_steps", 1000), ("train.early_stopping_patience", 3),
+                ("optim.warmup_ratio", 0.06)),
+        deviations=("smoke profile: tiny random-weight GPT-2 (2 layers, d=64) on the bundled test fixtures; "
+                    "numbers are meaningless, only the plumbing is checked",
+                    "datasets: SemEval fixture (classification) and WNUT17 fixture (NER) only; figure panels on "
+                    "20News use SemEval as a stand-in, PLONER panels are left out (marked 'not in profile')",
+                    "1 seed, train size 16, 2 epochs, max_len 48 (every batch padded to 48), LR grid {1e-3, 1e-2}",
+                    "fig7: no benchmark; time per epoch from the training runs (includes compilation)"),
+        alias={"20news": "semeval"},
+        selection_size=16,
+        bench=(),                    # fig7 reads the training runs' own epoch times (a benchmark costs minutes)
+        run_overhead_s=4.0,
+    )
+
+
+def _cpu() -> Profile:
+    return Profile(
+        name="cpu",
+        backbones=(Backbone("SmolLM2-135M", "smollm2-135m"),),
+        datasets={
+            "20news": DatasetSetup("20news", "cls", "configs/20news.py", (), 500, 7532, 256),
+            "semeval": DatasetSetup("semeval", "cls", "configs/semeval.py", (), 500, 2717, 48),
+            "wnut17": DatasetSetup("wnut17", "ner", "configs/wnut17.py", (), 1009, 1287, 48),
+            "ploner": DatasetSetup("ploner", "ner", "configs/ploner.py", (), 1750, 3501, 48),
+        },
+        sizes=(200, 500, 1000), seeds=(0, 1, 2),
+        lr_grid=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3), full_weight_lr_grid=(1e-5, 2e-5, 5e-5, 1e-4),
+        missing_rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), figure_size=200, figure_sizes=(200,),
+        common=(("train.epochs", 4), ("train.batch_size", 16), ("optim.warmup_ratio", 0.06),
+                ("optim.weight_decay", 0.01), ("optim.grad_clip_norm", 1.0),
+                ("train.early_stopping_patience", 3), ("data.test_size", 0)),
+        deviations=("backbone SmolLM2-135M (real LLaMA-architecture weights available offline) instead of "
+                    "GPT-2 S / GPT-2 M / LLaMA3-8B",
+                    "sequence length 128 (20News 256) instead of 512; truncation counts are in each run's "
+                    "results.json",
+                    "dev: SemEval / 20News a fixed 500-sentence subsample carved from train; WNUT17 official dev; "
+                    "PLONER 7 domains pooled",
+                    "LR grid extended upward to 5e-3 (SmolLM2's LoRA optimum on SemEval lies above 1e-3)",
+                    "4 epochs with early stopping (patience 3) on the task's primary dev metric",
+                    "fig4 / fig5 at train size 200 and seed 0 only (compute); fig6 at seed 0"),
+        selection_size=1000,
+        bench=("--seq_len=64", "--batch=16", "--rounds=6", "--steps_per_round=2", "--num_labels=19"),
+        run_overhead_s=60.0,
+    )
+
+
+def _paper() -> Profile:
+    big = (("model.dtype", "bfloat16"), ("model.frozen_param_dtype", "bfloat16"), ("model.remat", True),
+           ("mesh.model", 2))
+    return Profile(
+        name="paper",
+        backbones=(Backbone("GPT-2 S", "gpt2"), Backbone("GPT-2 M", "gpt2-medium"),
+                   Backbone("LLaMA3-8B", "llama3-8b", big, ("--dtype=bfloat16", "--remat", "--devices=2",
+                                                             "--mesh_model=2"))),
+        datasets={
+            "20news": DatasetSetup("20news", "cls", "configs/20news.py", (("data.max_len", 512),), 500, 7532, 512),
+            "semeval": DatasetSetup("semeval", "cls", "configs/semeval.py", (("data.max_len", 512),), 500, 2717, 48),
+            "wnut17": DatasetSetup("wnut17", "ner", "configs/wnut17.py", (("data.max_len", 512),), 1009, 1287, 48),
+            "ploner": DatasetSetup("ploner", "ner", "configs/ploner.py", (("data.max_len", 512),), 1750, 3501, 48),
+        },
+        sizes=(200, 500, 1000), seeds=(0, 1, 2),
+        lr_grid=(5e-5, 1e-4, 2e-4, 5e-4, 1e-3), full_weight_lr_grid=(5e-6, 1e-5, 2e-5, 5e-5),
+        missing_rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), figure_size=200, figure_sizes=(200, 500, 1000),
+        common=(("train.epochs", 10), ("train.batch_size", 16), ("optim.warmup_ratio", 0.06),
+                ("optim.weight_decay", 0.01), ("optim.grad_clip_norm", 1.0),
+                ("train.early_stopping_patience", 3), ("data.test_size", 0)),
+        deviations=("epochs: 10 with early stopping (patience 3) on the primary dev metric (paper: not given)",
+                    "dev: SemEval / 20News a fixed 500-sentence subsample carved from train; PLONER 7 domains "
+                    "pooled",
+                    "LLaMA3-8B: bf16 compute and frozen weights, rematerialisation, frozen backbone FSDP over 2 "
+                    "devices"),
+        selection_size=1000,
+        bench=("--seq_len=512", "--batch=16", "--rounds=6", "--steps_per_round=2", "--num_labels=19"),
+        run_overhead_s=180.0,
+    )
+
+
+PROFILES = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return PROFILES[name]()

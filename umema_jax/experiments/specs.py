@@ -1,0 +1,157 @@
+"""Run specifications: one launch.py run (or one benchmark) as data, keyed by its config overrides.
+
+A `RunSpec` is a config file plus a sorted tuple of `(dotted.key, value)`
+overrides. Its key is a hash of exactly that (output.* keys excluded: they do
+not change results), so two targets that need the same training share one run
+directory, and a run directory is never reused for a different configuration.
+Keying by the overrides (not by the fully resolved config) keeps finished runs
+valid when a new config key with a default is added; every key a table depends
+on is an explicit override.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+
+from umema_jax.experiments.profiles import REPO_ROOT
+
+RESULT_FILE = "results.json"
+FAILED_FILE = "experiment_failed.json"
+BENCH_FILE = "bench.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    config_file: str                 # relative to the repository root, e.g. configs/semeval.py
+    overrides: tuple                 # sorted ((key, value), ...)
+    kind: str = "train"              # train | bench
+    args: tuple = ()                 # bench: umema_jax.bench flags
+
+    def get(self, key: str, default=None):
+        return dict(self.overrides).get(key, default)
+
+    @property
+    def key(self) -> str:
+        payload = [self.kind, self.config_file,
+                   [[k, v] for k, v in self.overrides if not k.startswith("output.")], list(self.args)]
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def name(self) -> str:
+        if self.kind == "bench":
+            backbone = next((a.split("=", 1)[1] for a in self.args if a.startswith("--backbone=")), "bench")
+            return _safe(f"bench_{backbone}-{self.key}")
+        g = self.get
+        model = os.path.basename(str(g("model.name", "model")).rstrip("/"))
+        name = (f"{g('data.name')}_{model}_{g('model.method')}_n{g('data.train_size')}_s{g('seed')}"
+                f"_lr{float(g('optim.learning_rate', 0)):g}")
+        if g("data.missing_rate"):
+            name += f"_miss{float(g('data.missing_rate')):g}"
+        return _safe(f"{name}-{self.key}")
+
+    def launch_args(self, workdir: str) -> list:
+        """The launch.py command line of this run."""
+        return [f"--config={self.config_file}"] + [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides] \
+            + [f"--workdir={workdir}"]
+
+    def command(self, workdir: str) -> str:
+        if self.kind == "bench":
+            return "python -m umema_jax.bench " + " ".join(self.args)
+        return "python launch.py " + " ".join(self.launch_args(workdir))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name)
+
+
+def _flag_value(v) -> str:
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def make_spec(config_file: str, *override_groups) -> RunSpec:
+    """Later groups win; the result is sorted by key."""
+    merged: dict = {}
+    for group in override_groups:
+        for k, v in (group.items() if isinstance(group, dict) else group):
+            merged[k] = v
+    return RunSpec(config_file, tuple(sorted(merged.items())))
+
+
+# --------------------------------------------------------------------------- configs
+
+def load_config(spec: RunSpec):
+    """The ml_collections config launch.py would resolve for this spec (config file + overrides)."""
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    path = os.path.join(REPO_ROOT, spec.config_file)
+    module_spec = importlib.util.spec_from_file_location("_experiments_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in spec.overrides:
+        node, parts = config, key.split(".")
+        for part in parts[:-1]:
+            if part not in node:
+                raise KeyError(f"unknown config key {key!r} (not in {spec.config_file})")
+            node = node[part]
+        if parts[-1] not in node:
+            raise KeyError(f"unknown config key {key!r} (not in {spec.config_file})")
+        node[parts[-1]] = value
+    return config
+
+
+# --------------------------------------------------------------------------- run directories
+
+def workdir(root: str, spec: RunSpec) -> str:
+    return os.path.join(root, "bench", spec.name) if spec.kind == "bench" else os.path.join(root, spec.name)
+
+
+def finished(root: str, spec: RunSpec) -> bool:
+    d = workdir(root, spec)
+    return os.path.isfile(os.path.join(d, BENCH_FILE if spec.kind == "bench" else RESULT_FILE)) and \
+        (spec.kind != "bench" or os.path.isfile(os.path.join(d, "done")))
+
+
+def started(root: str, spec: RunSpec) -> bool:
+    return os.path.isfile(os.path.join(workdir(root, spec), "config.json")) or \
+        os.path.isdir(os.path.join(workdir(root, spec), "checkpoints"))
+
+
+def failure(root: str, spec: RunSpec) -> dict | None:
+    path = os.path.join(workdir(root, spec), FAILED_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def status(root: str, spec: RunSpec) -> str:
+    """done | failed | partial (resumable) | todo."""
+    if finished(root, spec):
+        return "done"
+    if failure(root, spec):
+        return "failed"
+    return "partial" if started(root, spec) else "todo"
+
+
+def load_results(root: str, spec: RunSpec) -> dict | None:
+    if spec.kind == "bench":
+        path = os.path.join(workdir(root, spec), BENCH_FILE)
+        if not finished(root, spec):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return {"records": [json.loads(line) for line in f if line.strip()]}
+    path = os.path.join(workdir(root, spec), RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

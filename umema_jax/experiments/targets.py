@@ -1,0 +1,911 @@
+"""Every table and figure of the paper as data: profile -> cells (-> runs) and an aggregator.
+
+A target is a `Target(name, title, doc, cells, render)`: `cells(ctx)` lists the
+cells (each with one RunSpec per seed, or a status such as "not implemented"),
+the runner trains what they need, and `render(ctx, results)` writes
+`<out>/<name>.md` (+ `.png` for figures) and the JSON sidecar. The list of
+targets and what each holds follows `../shared/design/EXPERIMENTS.md` §2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import profiles as P
+from umema_jax.experiments import specs as S
+from umema_jax.experiments.aggregate import Cell
+
+LR_FILE = "lr_selection.json"
+CLS, NER = ("20news", "semeval"), ("wnut17", "ploner")
+DATASET_LABEL = {"20news": "20News", "semeval": "SemEval", "wnut17": "WNUT17", "ploner": "PLONER"}
+
+
+class Context:
+    """What a target needs to expand: the profile, where runs and outputs live, the chosen LRs."""
+
+    def __init__(self, profile: P.Profile, root: str, out: str, implemented=None):
+        self.profile, self.root, self.out = profile, os.path.abspath(root), os.path.abspath(out)
+        self.implemented = P.implemented_methods() if implemented is None else frozenset(implemented)
+        self.lr_selection = {}
+        path = os.path.join(self.out, LR_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.lr_selection = json.load(f)
+
+    def lr(self, backbone: P.Backbone, family: str) -> float | None:
+        """The LR chosen on dev by `lr_select` for this backbone and method family, or None (not yet)."""
+        entry = self.lr_selection.get(backbone.name, {}).get(family) or {}
+        grid = list(self.profile.lr_grid if family == "adapter" else self.profile.full_weight_lr_grid)
+        if entry.get("chosen") is None or entry.get("grid") != grid:
+            return None                    # not chosen, or chosen on another grid (stale)
+        return float(entry["chosen"])
+
+    def lr_note(self) -> str:
+        parts = []
+        for b in self.profile.backbones:
+            for fam in ("adapter", "full_weight"):
+                lr = self.lr(b, fam)
+                if lr is not None:
+                    parts.append(f"{b.label} {fam.replace('_', '-')} methods {lr:g}")
+        chosen = "; ".join(parts) or "not chosen yet (run `lr_select`)"
+        return (f"{chosen} — chosen on the dev score of the LoRA baseline (full-weight methods: their own grid), "
+                f"SemEval n={self.profile.selection_size}, seed 0; never on test, never on the proposed method")
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    title: str
+    cells: Callable                      # ctx -> list[Cell]
+    render: Callable                     # (ctx, list[CellResult]) -> None (writes outputs)
+    uses_lr: bool = True
+    extra_specs: Callable = None         # ctx -> list[RunSpec] not tied to a cell (benchmarks)
+
+    @property
+    def doc(self) -> str:
+        return (self.cells.__doc__ or "").strip()
+
+
+# --------------------------------------------------------------------------- cell builders
+
+def train_spec(ctx: Context, backbone: P.Backbone, setup: P.DatasetSetup, method: str, size: int, seed: int,
+               lr: float, extra: tuple = (), method_overrides: tuple = ()) -> S.RunSpec:
+    p = ctx.profile
+    return S.make_spec(setup.config_file, p.common, backbone.overrides, setup.overrides, method_overrides,
+                       {"model.name": backbone.name, "model.method": method, "data.name": setup.name,
+                        "data.train_size": int(size), "seed": int(seed), "optim.learning_rate": float(lr)}, extra)
+
+
+def train_cell(ctx: Context, labels: dict, backbone: P.Backbone, dataset: str, method: P.Method, size: int,
+               seeds=None, lr: float | None = None, metric: str = "test.{primary}", extra: tuple = ()) -> Cell:
+    """A cell of `method` on `dataset`: one run per seed at the chosen (or given) LR, or a status."""
+    p = ctx.profile
+    seeds = p.seeds if seeds is None else seeds
+    setup = p.dataset(dataset)
+    if setup is None:
+        return Cell(labels, metric=metric, status=A.NOT_IN_PROFILE)
+    name = P.method_name(method, ctx.implemented)
+    if name is None:
+        return Cell(labels, metric=metric, status=A.NOT_IMPLEMENTED,
+                    note=f"no model.method in {list(method.candidates)} yet")
+    specs = lambda rate: [train_spec(ctx, backbone, setup, name, size, s, rate, extra,   # noqa: E731
+                                     method.overrides) for s in seeds]
+    chosen = lr if lr is not None else ctx.lr(backbone, method.family)
+    if chosen is None:
+        grid = p.lr_grid if method.family == "adapter" else p.full_weight_lr_grid
+        return Cell(labels, metric=metric, status=A.PENDING_LR, note="run lr_select first",
+                    placeholder=specs(grid[0]))
+    return Cell(labels, specs=specs(chosen), metric=metric)
+
+
+def _size_label(n) -> str:
+    return f"n={n}"
+
+
+def grid_cells(ctx: Context, methods, datasets, metric="test.{primary}", sizes=None) -> list:
+    cells = []
+    for b in ctx.profile.backbones:
+        for m in methods:
+            for d in datasets:
+                if ctx.profile.dataset(d) is None or (d not in ctx.profile.datasets):
+                    continue                  # stated in the deviations (datasets the profile runs)
+                for n in (sizes or ctx.profile.sizes):
+                    cells.append(train_cell(ctx, {"backbone": b.label, "method": m.label,
+                                                  "dataset": DATASET_LABEL[d], "size": _size_label(n)},
+                                            b, d, m, n, metric=metric))
+    return cells
+
+
+def by(results, **labels):
+    return [r for r in results if all(r.cell.labels.get(k) == v for k, v in labels.items())]
+
+
+def one(results, **labels):
+    found = by(results, **labels)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------- lr_select
+
+def lr_select_cells(ctx: Context) -> list:
+    """Learning-rate selection (EXPERIMENTS.md §3): the LoRA baseline on SemEval, n = 1000 (profile's
+    selection size), seed 0, over the profile's grid; the LR with the best *dev* primary metric is fixed
+    for every adapter-family method (LoRA, +UM, +EMA, Ours, SplitLoRA, MiLoRA, FLoRA, ALoRA). Full-weight
+    methods (full FT, LISA) get their own grid, scored the same way on the first implemented of them.
+    The choice reads dev scores only, of LoRA (or the full-weight baseline), never test, never Ours."""
+    p, cells = ctx.profile, []
+    full_weight = next((m for m in P.BASELINES if m.family == "full_weight" and P.method_name(m, ctx.implemented)),
+                       None)
+    for b in p.backbones:
+        for lr in p.lr_grid:
+            cells.append(train_cell(ctx, {"backbone": b.label, "family": "adapter", "method": "LoRA", "lr": lr},
+                                    b, "semeval", P.LORA, p.selection_size, seeds=(0,), lr=lr, metric="dev.{primary}"))
+        if full_weight is None:
+            cells.append(Cell({"backbone": b.label, "family": "full_weight", "method": "full FT / LISA",
+                               "lr": "-"}, metric="dev.{primary}", status=A.NOT_IMPLEMENTED))
+            continue
+        for lr in p.full_weight_lr_grid:
+            cells.append(train_cell(ctx, {"backbone": b.label, "family": "full_weight", "method": full_weight.label,
+                                          "lr": lr}, b, "semeval", full_weight, p.selection_size, seeds=(0,), lr=lr,
+                                    metric="dev.{primary}"))
+    return cells
+
+
+def choose_lr(results: list) -> dict:
+    """{'grid', 'dev_scores', 'chosen', 'complete', 'edge'}: best dev score, ties to the lower LR."""
+    scores = {r.cell.labels["lr"]: r.mean for r in results}
+    grid = list(scores)
+    done = {lr: s for lr, s in scores.items() if s is not None}
+    out = {"grid": grid, "dev_scores": {repr(k): v for k, v in scores.items()}, "chosen": None,
+           "complete": len(done) == len(grid) and bool(grid), "method": results[0].cell.labels["method"] if results
+           else None, "selected_on": "dev primary metric (test never read)"}
+    if out["complete"]:
+        best = max(done.values())
+        out["chosen"] = min(lr for lr, s in done.items() if s == best)
+        out["edge"] = out["chosen"] in (min(grid), max(grid))
+    return out
+
+
+def lr_select_render(ctx: Context, results: list) -> None:
+    selection, body = {}, []
+    for b in ctx.profile.backbones:
+        selection[b.name] = {}
+        for fam in ("adapter", "full_weight"):
+            rs = [r for r in by(results, backbone=b.label, family=fam) if not r.cell.status]
+            if not rs:
+                selection[b.name][fam] = {"chosen": None, "status": "not implemented"}
+                continue
+            sel = choose_lr(rs)
+            # one extra fact for table2: is the best dev epoch the last one (then more epochs may help)?
+            chosen_run = next((r for r in rs if r.cell.labels["lr"] == sel["chosen"]), None)
+            if chosen_run is not None and chosen_run.cell.specs:
+                res = S.load_results(ctx.root, chosen_run.cell.specs[0]) or {}
+                sel["best_step"], sel["steps"] = res.get("best_step"), res.get("steps")
+                sel["best_is_last"] = res.get("best_step") == res.get("steps") if res else None
+            selection[b.name][fam] = sel
+    os.makedirs(ctx.out, exist_ok=True)
+    merged = dict(ctx.lr_selection)
+    merged.update(selection)
+    A.S_write_json(os.path.join(ctx.out, LR_FILE), merged)      # read by every other target of the profile
+    ctx.lr_selection = merged
+    body += ["Dev score (primary metric, %) of the baseline at each learning rate; the best is chosen "
+             "(ties to the lower LR) and used by every table of the profile.", ""]
+    body += A.pivot(results, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]}")
+    body += [""]
+    for b, fams in selection.items():
+        for fam, sel in fams.items():
+            if sel.get("chosen") is not None:
+                edge = " (at the edge of the grid: extend it)" if sel.get("edge") else ""
+                body.append(f"- {b} {fam}: **chosen {sel['chosen']:g}**{edge}; best step {sel.get('best_step')} of "
+                            f"{sel.get('steps')}")
+            else:
+                body.append(f"- {b} {fam}: not chosen ({sel.get('status') or 'grid incomplete'})")
+    A.write(ctx.out, "lr_select", "Learning-rate selection (EXPERIMENTS.md §3)", ctx, body, [], results,
+            {"selection": selection}, doc=TARGETS["lr_select"].doc)
+
+
+# --------------------------------------------------------------------------- table1 / table2
+
+def table1_cells(ctx: Context) -> list:
+    """Table 1: backbones and methods — parameters, layers, hidden size, and trainable parameters per method
+    per backbone, from shapes alone (`jax.eval_shape`: no weights, no runs). Head sized for SemEval (19
+    classes). The `paper` profile lists its three backbones whatever machine runs it."""
+    return []
+
+
+def _shape_counts(backbone: str, method: str) -> dict | None:
+    from umema_jax.train.memory_estimate import estimate
+    try:
+        r = estimate(backbone, method, devices=1)
+    except Exception as err:  # noqa: BLE001 - a method the estimator does not know
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"frozen": r["params_frozen"], "trainable": r["params_trainable"],
+            "memory_gib_bf16": r["per_device_total_gib"]}
+
+
+def table1_render(ctx: Context, results: list) -> None:
+    from umema_jax.backbones.config import get_backbone_config
+    rows, cells = [], []
+    methods = P.ABLATION + P.BASELINES
+    head = ["backbone", "layers", "hidden", "params (backbone)"] + [m.label for m in methods]
+    rows.append("| " + " | ".join(head) + " |")
+    rows.append("|" + "---|" * len(head))
+    lora_counts = {}
+    for b in ctx.profile.backbones:
+        cfg = get_backbone_config(b.name)
+        line, base = [b.label, str(cfg.num_layers), str(cfg.hidden_size)], None
+        entries = []
+        for m in methods:
+            name = P.method_name(m, ctx.implemented)
+            counts = _shape_counts(b.name, name) if name else None
+            if counts and "trainable" in counts:
+                base = base or counts["frozen"]
+                entries.append(f"{counts['trainable']:,}")
+                if m is P.LORA:
+                    lora_counts[b.label] = counts
+            else:
+                entries.append("not implemented" if name is None else "n/a")
+            cells.append({"labels": {"backbone": b.label, "method": m.label}, "model.method": name,
+                          "counts": counts, "status": "not implemented" if name is None else "computed"})
+        line.append(f"{base:,}" if base else "n/a")
+        rows.append("| " + " | ".join(line + entries) + " |")
+    body = ["Trainable parameters per method (LoRA r = 8 on the default targets, task head for 19 classes, UM "
+            "and EMA branches); parameters of the backbone without its LM head. From shapes only.", ""] + rows
+    claims = []
+    ours = [c for c in cells if c["labels"]["method"] == P.OURS.label and c["counts"] and "trainable" in c["counts"]]
+    if ours:
+        details = []
+        for c in ours:
+            lora = lora_counts.get(c["labels"]["backbone"])
+            extra = c["counts"]["trainable"] - lora["trainable"] if lora else None
+            details.append(f"{c['labels']['backbone']}: +{extra:,} trainable over LoRA = "
+                           f"{100 * extra / c['counts']['frozen']:.3f} % of the backbone" if extra is not None else "")
+        small = all(lora_counts.get(c["labels"]["backbone"]) and (c["counts"]["trainable"] - lora_counts[
+            c["labels"]["backbone"]]["trainable"]) < 0.01 * c["counts"]["frozen"] for c in ours)
+        claims.append(A.claim("C17", "\"minimal\" parameter overhead (L111)", A.SUPPORTS if small else A.CONTRADICTS,
+                              "; ".join(details) + " (threshold: < 1 % of the backbone's parameters)"))
+    A.write(ctx.out, "table1", "Table 1: backbones and methods (parameters from shapes)", ctx, body, claims, [],
+            {"rows": cells}, doc=TARGETS["table1"].doc)
+
+
+def table2_cells(ctx: Context) -> list:
+    """Table 2: the resolved setup of each profile and backbone — data, lengths, optimiser, schedule,
+    epochs and early stopping, and the learning rates with how they were chosen (the grid, every dev score,
+    the choice, whether the best dev epoch was the last). Needs only the `lr_select` runs."""
+    return lr_select_cells(ctx)
+
+
+def table2_render(ctx: Context, results: list) -> None:
+    p = ctx.profile
+    keys = ("data.max_len", "data.dev_size", "data.test_size", "train.epochs", "train.batch_size",
+            "train.early_stopping_patience", "optim.warmup_ratio", "optim.weight_decay", "optim.grad_clip_norm",
+            "model.lora.rank", "model.lora.alpha", "model.pooling", "model.dtype")
+    body = ["Resolved configuration of one run per backbone × dataset (config file + the profile's overrides; "
+            "every run of the profile differs from it only in method, size, seed and LR).", ""]
+    head = ["backbone", "dataset", "config"] + list(keys)
+    body += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    setups = []
+    for b in p.backbones:
+        for d, setup in p.datasets.items():
+            spec = train_spec(ctx, b, setup, "lora", p.sizes[-1], 0, p.lr_grid[0])
+            try:
+                c = S.load_config(spec)
+                vals = [str(c[k.split(".")[0]][k.split(".")[1]] if k.count(".") == 1 else
+                            c.model.lora[k.split(".")[-1]]) for k in keys]
+            except Exception as err:  # noqa: BLE001
+                vals = [f"error: {err}"] + [""] * (len(keys) - 1)
+            setups.append({"backbone": b.label, "dataset": d, "config_file": setup.config_file,
+                           "values": dict(zip(keys, vals))})
+            body.append("| " + " | ".join([b.label, DATASET_LABEL[d], setup.config_file] + vals) + " |")
+    body += ["", f"Sizes {list(p.sizes)}, seeds {list(p.seeds)}; missing rates {list(p.missing_rates)}.", "",
+             "### Learning rates", "",
+             f"Grid (adapter family): {list(p.lr_grid)}; full-weight family: {list(p.full_weight_lr_grid)}. "
+             f"Selection cell: SemEval, n = {p.selection_size}, seed 0, dev primary metric of the LoRA baseline "
+             "(EXPERIMENTS.md §3).", ""]
+    body += A.pivot(results, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]}")
+    body += [""]
+    for b in p.backbones:
+        for fam in ("adapter", "full_weight"):
+            sel = ctx.lr_selection.get(b.name, {}).get(fam, {})
+            lr = ctx.lr(b, fam)
+            if lr is not None:
+                last = sel.get("best_is_last")
+                epochs = ("best dev step = last step: more epochs may help" if last else
+                          f"best dev step {sel.get('best_step')} of {sel.get('steps')}")
+                body.append(f"- {b.label}, {fam.replace('_', '-')} methods: **{lr:g}** ({epochs})")
+            else:
+                body.append(f"- {b.label}, {fam.replace('_', '-')} methods: "
+                            f"{sel.get('status') or 'not chosen yet (run lr_select)'}")
+    A.write(ctx.out, "table2", "Table 2: resolved setup and learning-rate selection", ctx, body, [], results,
+            {"setups": setups}, doc=TARGETS["table2"].doc)
+
+
+# --------------------------------------------------------------------------- tables 3-6
+
+def _best_claim(results, cid, text, ours_label, datasets, mode="every", higher=True):
+    """Ours vs every other row with numbers, per (backbone, dataset, size) cell."""
+    comps, verdicts = [], []
+    for r in results:
+        if r.cell.labels["method"] != ours_label or r.cell.labels["dataset"] not in datasets:
+            continue
+        key = {k: r.cell.labels[k] for k in ("backbone", "dataset", "size")}
+        for other in by(results, **key):
+            if other is r or other.cell.status in (A.NOT_IMPLEMENTED, A.NOT_IN_PROFILE):
+                continue
+            v, d = A.compare(r, other, higher)
+            verdicts.append(v)
+            comps.append({**key, "vs": other.cell.labels["method"], "verdict": v, "detail": d})
+    verdict, detail = A.combine(verdicts, mode)
+    return A.claim(cid, text, verdict, detail + _one_seed_note(comps), comps)
+
+
+def _one_seed_note(comps) -> str:
+    return "; 1 seed per cell: no noise estimate" if any(c["detail"].startswith("1 seed") for c in comps) else ""
+
+
+def _pair_claim(results, cid, text, better, worse, mode="every", higher=True, metric=None):
+    comps, verdicts = [], []
+    for r in results:
+        if r.cell.labels["method"] != better or (metric and r.cell.labels.get("metric") != metric):
+            continue
+        key = {k: v for k, v in r.cell.labels.items() if k != "method"}
+        other = one(results, method=worse, **key)
+        if other is None:
+            continue
+        v, d = A.compare(r, other, higher)
+        verdicts.append(v)
+        comps.append({**key, "better": better, "worse": worse, "verdict": v, "detail": d})
+    verdict, detail = A.combine(verdicts, mode)
+    return A.claim(cid, text, verdict, detail + _one_seed_note(comps), comps)
+
+
+def _table(ctx, results, name, title, body_note, claims, doc):
+    body = [body_note, ""] + A.pivot(results, ("backbone", "method"), ("dataset", "size"))
+    absent = [DATASET_LABEL[d] for d in (CLS + NER) if d not in ctx.profile.datasets]
+    body += ["", "mean ± std over seeds (test, %); `– (k/N runs)` = not computed yet, `not implemented` = the "
+             "method's issue has not landed."]
+    if absent:
+        body += [f"Datasets not in profile `{ctx.profile.name}`: {', '.join(absent)}."]
+    A.write(ctx.out, name, title, ctx, body, claims, results, doc=doc)
+
+
+def table3_cells(ctx):
+    """Table 3: classification (20News, SemEval; accuracy, mean ± std) of the baselines (SplitLoRA, LISA,
+    MiLoRA, FLoRA, ALoRA, full FT), LoRA and Ours at every train size. LoRA and Ours are table5's runs."""
+    return grid_cells(ctx, P.COMPARISON, CLS)
+
+
+def table3_render(ctx, results):
+    claims = [_best_claim(results, "C5", "Ours best in every table3 cell (L3, L80)", P.OURS.label,
+                          [DATASET_LABEL[d] for d in CLS])]
+    _table(ctx, results, "table3", "Table 3: classification vs baselines (accuracy)", "Test accuracy.", claims,
+           TARGETS["table3"].doc)
+
+
+def table4_cells(ctx):
+    """Table 4: NER (WNUT17, PLONER; span F1, mean ± std) of the baselines, LoRA and Ours at every train size.
+    LoRA and Ours are table6's runs."""
+    return grid_cells(ctx, P.COMPARISON, NER)
+
+
+def table4_render(ctx, results):
+    claims = [_best_claim(results, "C7", "Ours best span F1 in every table4 cell (L83)", P.OURS.label,
+                          [DATASET_LABEL[d] for d in NER])]
+    # larger margin on PLONER at 500/1000
+    margins = []
+    for size in ("n=500", "n=1000"):
+        for b in ctx.profile.backbones:
+            m = {}
+            for d in ("WNUT17", "PLONER"):
+                ours = one(results, backbone=b.label, dataset=d, size=size, method=P.OURS.label)
+                others = [r.mean for r in by(results, backbone=b.label, dataset=d, size=size)
+                          if r.cell.labels["method"] != P.OURS.label and r.mean is not None]
+                if ours is not None and ours.mean is not None and others:
+                    m[d] = ours.mean - max(others)
+            if len(m) == 2:
+                margins.append(m["PLONER"] > m["WNUT17"])
+    verdict = A.NOT_COMPUTED if not margins else (A.CANNOT_TELL if ctx.profile.seeds[1:] == () else
+                                                  (A.SUPPORTS if all(margins) else A.CONTRADICTS))
+    claims.append(A.claim("C7b", "larger margin on PLONER than WNUT17 at 500/1000 (L83)", verdict,
+                          f"PLONER margin larger in {sum(margins)}/{len(margins)} backbone × size cells"))
+    _table(ctx, results, "table4", "Table 4: NER vs baselines (span F1)", "Test span F1 (seqeval strict IOB2).",
+           claims, TARGETS["table4"].doc)
+
+
+def table5_cells(ctx):
+    """Table 5: classification ablation — LoRA, +UM, +EMA, +UM+EMA (Ours) on 20News and SemEval at every
+    size, accuracy mean ± std over seeds. The most important cell of the cpu profile is SemEval n = 1000."""
+    return grid_cells(ctx, P.ABLATION, CLS)
+
+
+def _ablation_claims(results, cid, text_each, mode_um, mode_ema):
+    return [
+        _pair_claim(results, cid + "a", f"+UM > LoRA ({text_each})", P.UM.label, P.LORA.label, mode_um),
+        _pair_claim(results, cid + "b", f"+EMA > LoRA ({text_each})", P.EMA.label, P.LORA.label, mode_ema),
+        _pair_claim(results, cid + "c", "both together best: Ours > +UM", P.OURS.label, P.UM.label),
+        _pair_claim(results, cid + "d", "both together best: Ours > +EMA", P.OURS.label, P.EMA.label),
+    ]
+
+
+def table5_render(ctx, results):
+    claims = _ablation_claims(results, "C8", "each module helps, L88", "every", "every")
+    _table(ctx, results, "table5", "Table 5: classification ablation (accuracy)", "Test accuracy.", claims,
+           TARGETS["table5"].doc)
+
+
+def table6_cells(ctx):
+    """Table 6: NER ablation — LoRA, +UM, +EMA, Ours on WNUT17 and PLONER at every size, span F1."""
+    return grid_cells(ctx, P.ABLATION, NER)
+
+
+def table6_render(ctx, results):
+    claims = [_pair_claim(results, "C9a", "+UM > LoRA in every cell (L91)", P.UM.label, P.LORA.label, "every"),
+              _pair_claim(results, "C9b", "+EMA > LoRA \"in most\" cells (L91)", P.EMA.label, P.LORA.label, "most")]
+    _table(ctx, results, "table6", "Table 6: NER ablation (span F1)", "Test span F1 (seqeval strict IOB2).", claims,
+           TARGETS["table6"].doc)
+
+
+# --------------------------------------------------------------------------- table7
+
+CAL_METRICS = (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
+
+
+def table7_cells(ctx):
+    """Table 7: calibration at the largest size — LoRA, LoRA + post-hoc temperature scaling (T fitted on dev
+    NLL; read from the LoRA run's `test_posthoc_ts`), and Ours, on the four datasets, ECE / NLL / Brier
+    (test). No new runs: they are table5/table6's."""
+    n = ctx.profile.sizes[-1]
+    cells = []
+    for b in ctx.profile.backbones:
+        for d in CLS + NER:
+            if d not in ctx.profile.datasets:
+                continue
+            for label, method, prefix in (("LoRA", P.LORA, "test"), ("LoRA + post-hoc TS", P.LORA, "test_posthoc_ts"),
+                                          (P.OURS.label, P.OURS, "test")):
+                for mlabel, key in CAL_METRICS:
+                    cells.append(train_cell(ctx, {"backbone": b.label, "method": label, "dataset": DATASET_LABEL[d],
+                                                  "metric": mlabel}, b, d, method, n, metric=f"{prefix}.{key}"))
+    return cells
+
+
+def table7_render(ctx, results):
+    body = [f"Test calibration at n = {ctx.profile.sizes[-1]} (ECE in %, 15 equal-width bins, top-label; NER over "
+            "the first sub-token of each word), mean ± std over seeds.", ""]
+    body += A.pivot(results, ("backbone", "method"), ("dataset", "metric"))
+    claims = []
+    verdicts, comps = [], []
+    for mlabel, _ in CAL_METRICS:
+        c = _pair_claim(results, "", "", P.OURS.label, "LoRA", higher=False, metric=mlabel)
+        comps += c["comparisons"]
+        verdicts += [x["verdict"] for x in c["comparisons"]]
+    v, d = A.combine(verdicts)
+    claims.append(A.claim("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (L108–109)", v,
+                          d + _one_seed_note(comps), comps))
+    verdicts, comps = [], []
+    for mlabel, _ in CAL_METRICS:
+        c = _pair_claim(results, "", "", P.OURS.label, "LoRA + post-hoc TS", higher=False, metric=mlabel)
+        comps += c["comparisons"]
+        verdicts += [x["verdict"] for x in c["comparisons"]]
+    v, d = A.combine(verdicts)
+    d += _one_seed_note(comps)
+    claims.append(A.claim("extra", "(not a paper claim) Ours vs LoRA + post-hoc TS, same metrics", v, d, comps))
+    A.write(ctx.out, "table7", "Table 7: calibration (ECE / NLL / Brier)", ctx, body, claims, results,
+            doc=TARGETS["table7"].doc)
+
+
+# --------------------------------------------------------------------------- figures
+
+def _figure_seeds(ctx):
+    return ctx.profile.seeds if ctx.profile.name == "paper" else ctx.profile.seeds[:1]
+
+
+def fig4_cells(ctx):
+    """Figure 4: LR sensitivity — panels {SemEval, PLONER} × backbone, x = learning rate (log) over the
+    profile's grid, y = test primary metric, one line per train size × {LoRA, Ours}. The LoRA SemEval
+    points at the selection size are lr_select's runs; this figure reads test, but no LR is chosen from it."""
+    cells = []
+    for b in ctx.profile.backbones:
+        for d in ("semeval", "ploner"):
+            for m in (P.LORA, P.OURS):
+                for n in ctx.profile.figure_sizes:
+                    for lr in ctx.profile.lr_grid:
+                        cells.append(train_cell(ctx, {"backbone": b.label, "dataset": DATASET_LABEL[d],
+                                                      "method": m.label, "size": _size_label(n), "x": lr},
+                                                b, d, m, n, seeds=_figure_seeds(ctx), lr=lr))
+    return cells
+
+
+def fig5_cells(ctx):
+    """Figure 5: missing data — panels {SemEval, PLONER} × backbone, x = fraction of input words deleted in
+    train and test (dev clean), y = test primary metric at the chosen LR, lines per size × {LoRA, Ours}.
+    Needs a `data.missing_rate` config key; until it exists the non-zero rates read "not implemented"."""
+    supported = P.missing_data_supported()
+    cells = []
+    for b in ctx.profile.backbones:
+        for d in ("semeval", "ploner"):
+            for m in (P.LORA, P.OURS):
+                for n in ctx.profile.figure_sizes:
+                    for rate in ctx.profile.missing_rates:
+                        labels = {"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label,
+                                  "size": _size_label(n), "x": rate}
+                        if rate and not supported:
+                            cells.append(Cell(labels, status=A.NOT_IMPLEMENTED, note="no data.missing_rate key"))
+                            continue
+                        extra = (("data.missing_rate", float(rate)),) if rate else ()
+                        cells.append(train_cell(ctx, labels, b, d, m, n, seeds=_figure_seeds(ctx), extra=extra))
+    return cells
+
+
+def _curves_png(ctx, results, name, xlabel, logx):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    panels = []
+    for r in results:
+        key = (r.cell.labels["dataset"], r.cell.labels["backbone"])
+        if key not in panels:
+            panels.append(key)
+    fig = Figure(figsize=(5 * len(panels), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    missing = 0
+    for ax, (d, b) in zip(axes, panels):
+        lines = {}
+        for r in by(results, dataset=d, backbone=b):
+            lines.setdefault((r.cell.labels["method"], r.cell.labels["size"]), []).append(r)
+        plotted = False
+        for (m, n), rs in lines.items():
+            pts = [(r.cell.labels["x"], r.mean, r.std or 0.0) for r in rs if r.mean is not None]
+            missing += len(rs) - len(pts)
+            plotted = plotted or bool(pts)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3,
+                            label=f"{m} {n}")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test metric (%)")
+        ax.set_title(f"{d} · {b}")
+        if plotted:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{name} ({ctx.profile.name} profile; {missing} points not computed)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ctx.out, f"{name}.png"), dpi=110)
+
+
+def _series_claims(results, cid_shape, shape_text, shape_fn, ctx):
+    """Curve-shape claims judged on means per line; with one seed they can only be 'cannot tell'."""
+    lines = {}
+    for r in results:
+        lines.setdefault((r.cell.labels["dataset"], r.cell.labels["backbone"], r.cell.labels["method"],
+                          r.cell.labels["size"]), []).append(r)
+    ok, total, computed = [], 0, 0
+    for key, rs in lines.items():
+        total += 1
+        pts = [(r.cell.labels["x"], r.mean) for r in rs if r.mean is not None]
+        if len(pts) == len(rs) and pts:
+            computed += 1
+            ok.append(shape_fn(pts))
+    if not computed:
+        verdict = A.NOT_COMPUTED
+    elif not all(ok):
+        verdict = A.CONTRADICTS if len(_figure_seeds(ctx)) > 1 else A.CANNOT_TELL
+    else:
+        verdict = A.SUPPORTS if computed == total and len(_figure_seeds(ctx)) > 1 else A.CANNOT_TELL
+    return A.claim(cid_shape, shape_text, verdict, f"shape holds on {sum(ok)} of {computed} complete lines "
+                   f"({total} lines; {len(_figure_seeds(ctx))} seed(s) per point)")
+
+
+def _size_claim(results, ctx, cid="C11"):
+    comps, verdicts = [], []
+    for r in results:
+        n = r.cell.labels.get("size")
+        for smaller in ("n=200", "n=500"):
+            if (n, smaller) not in (("n=500", "n=200"), ("n=1000", "n=500")):
+                continue
+            key = {k: v for k, v in r.cell.labels.items() if k != "size"}
+            other = one(results, size=smaller, **key)
+            if other is not None:
+                v, d = A.compare(r, other)
+                verdicts.append(v)
+                comps.append({**key, "better": n, "worse": smaller, "verdict": v, "detail": d})
+    v, d = A.combine(verdicts)
+    if not comps:
+        v, d = A.NOT_COMPUTED, f"profile `{ctx.profile.name}` draws sizes {list(ctx.profile.figure_sizes)} only"
+    return A.claim(cid, "1000 > 500 > 200 at every point (L94, L98)", v, d, comps)
+
+
+def _backbone_claim(results, ctx, cid="C12"):
+    if len(ctx.profile.backbones) < 2:
+        return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S", A.NOT_COMPUTED,
+                       f"profile `{ctx.profile.name}` has one backbone")
+    order = [b.label for b in ctx.profile.backbones]
+    comps, verdicts = [], []
+    for r in results:
+        if r.cell.labels.get("backbone") not in order[1:]:
+            continue
+        prev = order[order.index(r.cell.labels["backbone"]) - 1]
+        key = {k: v for k, v in r.cell.labels.items() if k != "backbone"}
+        other = one(results, backbone=prev, **key)
+        if other is not None:
+            v, d = A.compare(r, other)
+            verdicts.append(v)
+            comps.append({**key, "better": r.cell.labels["backbone"], "worse": prev, "verdict": v, "detail": d})
+    v, d = A.combine(verdicts)
+    return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S (L94, L98, L102, L109)", v, d, comps)
+
+
+def _figure_body(ctx, results, name, xname):
+    body = [f"![{name}]({name}.png)", "", "Values (test primary metric, %):", ""]
+    body += A.pivot(results, ("backbone", "dataset", "method", "size"), ("x",), col_name=lambda ck: f"{xname} {ck[0]}")
+    stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
+    if stand_in:
+        body += ["", f"Stand-ins in this profile: {', '.join(stand_in)} (labels keep the paper's panel names)."]
+    return body
+
+
+def fig4_render(ctx, results):
+    def peak_shape(pts):
+        pts = sorted(pts)
+        xs, ys = zip(*pts)
+        best = xs[ys.index(max(ys))]
+        falls = [y for x, y in pts if x >= 5e-4]
+        return 1e-4 <= best <= 5e-4 and all(a >= b for a, b in zip(falls, falls[1:]))
+    os.makedirs(ctx.out, exist_ok=True)
+    _curves_png(ctx, results, "fig4", "learning rate", True)
+    claims = [_series_claims(results, "C10", "rises to a peak near 2e-4, falls at 5e-4 and 1e-3 (L94)", peak_shape,
+                             ctx),
+              _size_claim(results, ctx), _backbone_claim(results, ctx)]
+    A.write(ctx.out, "fig4", "Figure 4: learning-rate sensitivity", ctx, _figure_body(ctx, results, "fig4", "lr"),
+            claims, results, doc=TARGETS["fig4"].doc)
+
+
+def fig5_render(ctx, results):
+    def monotone(pts):
+        ys = [y for _, y in sorted(pts)]
+        return all(a >= b for a, b in zip(ys, ys[1:]))
+    os.makedirs(ctx.out, exist_ok=True)
+    _curves_png(ctx, results, "fig5", "missing rate", False)
+    claims = [_series_claims(results, "C13", "monotone decrease with missing rate (L97–98)", monotone, ctx),
+              _size_claim(results, ctx), _backbone_claim(results, ctx)]
+    slopes = {}
+    for r in results:
+        if r.mean is None:
+            continue
+        key = (r.cell.labels["backbone"], r.cell.labels["method"], r.cell.labels["size"])
+        slopes.setdefault(key, {}).setdefault(r.cell.labels["dataset"], []).append((r.cell.labels["x"], r.mean))
+    faster = []
+    for key, per in slopes.items():
+        if len(per) == 2 and all(len(v) >= 2 for v in per.values()):
+            drop = {d: (max(v)[1] - min(v)[1]) / (max(v)[0] - min(v)[0]) for d, v in per.items()}
+            faster.append(drop.get("PLONER", 0) < drop.get("SemEval", 0))
+    claims.append(A.claim("C13b", "PLONER drops faster than SemEval (L98)",
+                          A.NOT_COMPUTED if not faster else A.CANNOT_TELL if len(_figure_seeds(ctx)) < 2 else
+                          A.SUPPORTS if all(faster) else A.CONTRADICTS,
+                          f"PLONER slope steeper in {sum(faster)}/{len(faster)} lines"))
+    A.write(ctx.out, "fig5", "Figure 5: robustness to missing words", ctx, _figure_body(ctx, results, "fig5", "rate"),
+            claims, results, doc=TARGETS["fig5"].doc)
+
+
+def fig6_cells(ctx):
+    """Figure 6: reliability diagrams — panels {20News, WNUT17} × backbone, LoRA vs +UM vs Ours at the largest
+    size, seed 0, from the runs' predictions.jsonl (test); each curve's legend carries the run's ECE from
+    results.json. No new runs (table5/table6's)."""
+    n = ctx.profile.sizes[-1]
+    cells = []
+    for b in ctx.profile.backbones:
+        for d in ("20news", "wnut17"):
+            for m in (P.LORA, P.UM, P.OURS):
+                cells.append(train_cell(ctx, {"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label},
+                                        b, d, m, n, seeds=ctx.profile.seeds[:1], metric="test.ece"))
+    return cells
+
+
+def _confidences(path: str):
+    """(confidence, correct) pairs over every scored prediction of predictions.jsonl (cls and NER)."""
+    conf, correct = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if isinstance(rec.get("confidence"), list):
+                k = len(rec["confidence"])
+                conf += rec["confidence"]
+                correct += [p == g for p, g in zip(rec["pred"][:k], rec["gold"][:k])]
+            else:
+                conf.append(rec["confidence"])
+                correct.append(rec["pred"] == rec["gold"])
+    return conf, correct
+
+
+def fig6_render(ctx, results):
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    os.makedirs(ctx.out, exist_ok=True)
+    panels = []
+    for r in results:
+        key = (r.cell.labels["dataset"], r.cell.labels["backbone"])
+        if key not in panels:
+            panels.append(key)
+    fig = Figure(figsize=(5 * max(1, len(panels)), 5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    bins, curves, drawn = 15, {}, set()
+    for ax, (d, b) in zip(axes, panels):
+        ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        for r in by(results, dataset=d, backbone=b):
+            spec = r.cell.specs[0] if r.cell.specs else None
+            path = os.path.join(S.workdir(ctx.root, spec), "predictions.jsonl") if spec else ""
+            if not spec or r.mean is None or not os.path.isfile(path):
+                continue
+            conf, correct = map(np.asarray, _confidences(path))
+            idx = np.minimum((conf * bins).astype(int), bins - 1)
+            xs, ys = [], []
+            for k in range(bins):
+                sel = idx == k
+                if sel.any():
+                    xs.append(float(conf[sel].mean()))
+                    ys.append(float(correct[sel].mean()))
+            curves[f"{d}|{b}|{r.cell.labels['method']}"] = {"confidence": xs, "accuracy": ys}
+            drawn.add((d, b))
+            ax.plot(xs, ys, marker="o", label=f"{r.cell.labels['method']} (ECE {100 * r.mean:.2f}%)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{d} · {b} (test)")
+        if (d, b) in drawn:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ctx.out, "fig6.png"), dpi=110)
+    body = ["![fig6](fig6.png)", "", "Test ECE (%, 15 bins, top-label) of each curve:", ""]
+    body += A.pivot(results, ("backbone", "method"), ("dataset",))
+    stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
+    if stand_in:
+        body += ["", f"Stand-ins in this profile: {', '.join(stand_in)}."]
+    c14 = _pair_claim(results, "C14", "+UM closer to the diagonal than LoRA (lower ECE) (L101–102)", P.UM.label,
+                      P.LORA.label, higher=False)
+    gaps = {}
+    for r in by(results, method=P.UM.label):
+        lora = one(results, method=P.LORA.label, dataset=r.cell.labels["dataset"], backbone=r.cell.labels["backbone"])
+        if lora is not None and lora.mean is not None and r.mean is not None:
+            gaps.setdefault(r.cell.labels["backbone"], {})[r.cell.labels["dataset"]] = lora.mean - r.mean
+    largest = [max(g, key=g.get) == "WNUT17" for g in gaps.values() if len(g) >= 2]
+    c14b = A.claim("C14b", "largest LoRA→+UM ECE gap on WNUT17 (L102)",
+                   A.NOT_COMPUTED if not largest else A.CANNOT_TELL,
+                   f"largest on WNUT17 for {sum(largest)}/{len(largest)} backbones (one seed per panel: no noise "
+                   f"estimate)" if largest else "needs both panels")
+    A.write(ctx.out, "fig6", "Figure 6: reliability diagrams", ctx, body, [c14, c14b, _backbone_claim(results, ctx)],
+            results, {"curves": curves}, doc=TARGETS["fig6"].doc)
+
+
+def fig7_cells(ctx):
+    """Figure 7: overhead — bubble chart per backbone, x = trainable parameters, y = time per epoch (the
+    benchmark's alternated median step time of `python -m umema_jax.bench --compare` × steps per epoch of
+    SemEval at the largest size; the smoke profile has no benchmark and reads the training runs' own
+    time per epoch), area = peak memory of the SemEval training run at the largest size, seed 0 (table5's
+    runs). LoRA, +UM, +EMA, Ours; baselines as they land."""
+    n = ctx.profile.sizes[-1]
+    return [train_cell(ctx, {"backbone": b.label, "method": m.label}, b, "semeval", m, n,
+                       seeds=ctx.profile.seeds[:1], metric="memory.peak_rss_mb")
+            for b in ctx.profile.backbones for m in P.ABLATION + P.BASELINES]
+
+
+def bench_specs(ctx) -> list:
+    """One `umema_jax.bench --compare` per backbone (none when the profile has no benchmark settings)."""
+    if not ctx.profile.bench:
+        return []
+    from umema_jax.bench import METHODS as BENCH_METHODS
+    methods = [P.method_name(m, ctx.implemented) for m in P.ABLATION + P.BASELINES]
+    methods = [m for m in methods if m and m in BENCH_METHODS]
+    return [S.RunSpec("", (), kind="bench", args=tuple([f"--backbone={b.name}", "--compare",
+                                                        f"--methods_to_compare={','.join(methods)}"]
+                                                       + list(ctx.profile.bench) + list(b.bench_args)))
+            for b in ctx.profile.backbones]
+
+
+def fig7_render(ctx, results):
+    import math
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    os.makedirs(ctx.out, exist_ok=True)
+    n = ctx.profile.sizes[-1]
+    steps_per_epoch = math.ceil(n / dict(ctx.profile.common).get("train.batch_size", 16))
+    points, rows = [], []
+    specs = bench_specs(ctx)
+    for i, b in enumerate(ctx.profile.backbones):
+        bench = S.load_results(ctx.root, specs[i]) if specs else None
+        records = {r["method"]: r for r in (bench or {}).get("records", []) if r.get("method")}
+        for m in P.ABLATION + P.BASELINES:
+            name = P.method_name(m, ctx.implemented)
+            res = one(results, backbone=b.label, method=m.label)
+            run = S.load_results(ctx.root, res.cell.specs[0]) if res is not None and res.cell.specs else None
+            rec = records.get(name) if name else None
+            if name is None:
+                rows.append({"backbone": b.label, "method": m.label, "status": "not implemented"})
+                continue
+            if specs and rec is None:
+                rows.append({"backbone": b.label, "method": m.label,
+                             "status": "– (benchmark not run)" if bench is None else "not in the benchmark"})
+                continue
+            if not specs and run is None:
+                rows.append({"backbone": b.label, "method": m.label, "status": "– (training run not done)"})
+                continue
+            if rec is not None:
+                step_s, rel, params = rec["step_s"], rec.get("relative_step_time"), rec["trainable_params"]
+                epoch_s, time_src = step_s * steps_per_epoch, "benchmark step time × steps per epoch"
+            else:
+                step_s, rel, params = None, None, run["params"]["trainable"]
+                epoch_s, time_src = run.get("mean_train_time_per_epoch_s"), "training run's time per epoch"
+            mem = (run or {}).get("memory", {}).get("peak_rss_mb") if run else None
+            mem_src = "training run peak RSS" if mem is not None else "benchmark process peak RSS (all methods)"
+            if mem is None and rec is not None:
+                mem = rec.get("device_peak_mb") or rec.get("peak_rss_mb")
+            row = {"backbone": b.label, "method": m.label, "trainable_params": params, "step_s": step_s,
+                   "relative_step_time": rel, "epoch_s": epoch_s, "time_source": time_src,
+                   "peak_memory_mb": mem, "memory_source": mem_src, "status": "computed"}
+            rows.append(row)
+            if epoch_s is not None and mem is not None:
+                points.append(row)
+    fig = Figure(figsize=(6, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for p in points:
+        ax.scatter(p["trainable_params"], p["epoch_s"], s=max(20.0, p["peak_memory_mb"] / 10), alpha=0.5,
+                   label=f"{p['method']} ({p['backbone']})")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(f"time per epoch (s, {steps_per_epoch} steps)")
+    ax.set_title(f"fig7 overhead ({ctx.profile.name})")
+    if points:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(ctx.out, "fig7.png"), dpi=110)
+    body = ["![fig7](fig7.png)", "", "| backbone | method | trainable params | step s (bench) | × LoRA | s/epoch | "
+            "peak memory MB | time from | memory from |", "|---|---|---|---|---|---|---|---|---|"]
+    f = lambda x, spec: "n/a" if x is None else format(x, spec)   # noqa: E731
+    for r in rows:
+        if r["status"] != "computed":
+            body.append(f"| {r['backbone']} | {r['method']} | {r['status']} | | | | | | |")
+        else:
+            body.append(f"| {r['backbone']} | {r['method']} | {r['trainable_params']:,} | {f(r['step_s'], '.4f')} | "
+                        f"{f(r['relative_step_time'], '.3f')} | {f(r['epoch_s'], '.1f')} | "
+                        f"{f(r['peak_memory_mb'], '.0f')} | {r['time_source']} | {r['memory_source']} |")
+    if specs:
+        body += ["", f"Step times: `{specs[0].command('')}` (methods alternated round-robin in one process)."]
+    else:
+        body += ["", "No benchmark in this profile: time per epoch is each training run's own (epoch 1 includes "
+                 "compilation), so the ordering is not a controlled comparison."]
+    order = [P.LORA.label, P.UM.label, P.EMA.label, P.OURS.label]
+    verdicts = []
+    for b in ctx.profile.backbones:
+        t = {r["method"]: r["step_s"] or r["epoch_s"] for r in points if r["backbone"] == b.label}
+        if all(k in t for k in order):
+            verdicts.append(all(t[a] < t[c] for a, c in zip(order, order[1:])))
+    c15 = A.claim("C15", "cost LoRA < +UM < +EMA < Ours (L106)", A.NOT_COMPUTED if not verdicts else
+                  A.CANNOT_TELL if ctx.profile.name == "smoke" else A.SUPPORTS if all(verdicts) else A.CONTRADICTS,
+                  f"ordering of median step times holds on {sum(verdicts)}/{len(verdicts)} backbones "
+                  "(one benchmark: step-time noise is a few %)")
+    A.write(ctx.out, "fig7", "Figure 7: overhead", ctx, body, [c15], results, {"points": rows},
+            doc=TARGETS["fig7"].doc)
+
+
+# --------------------------------------------------------------------------- registry
+
+TARGETS = {t.name: t for t in (
+    Target("lr_select", "Learning-rate selection", lr_select_cells, lr_select_render, uses_lr=False),
+    Target("table1", "Table 1", table1_cells, table1_render, uses_lr=False),
+    Target("table2", "Table 2", table2_cells, table2_render, uses_lr=False),
+    Target("table5", "Table 5", table5_cells, table5_render),
+    Target("table7", "Table 7", table7_cells, table7_render),
+    Target("table6", "Table 6", table6_cells, table6_render),
+    Target("table3", "Table 3", table3_cells, table3_render),
+    Target("table4", "Table 4", table4_cells, table4_render),
+    Target("fig4", "Figure 4", fig4_cells, fig4_render),
+    Target("fig5", "Figure 5", fig5_cells, fig5_render),
+    Target("fig6", "Figure 6", fig6_cells, fig6_render),
+    Target("fig7", "Figure 7", fig7_cells, fig7_render, extra_specs=bench_specs),
+)}
+ORDER = list(TARGETS)          # `all` runs them in this order (most informative first, EXPERIMENTS.md §4)
