@@ -99,5 +99,5 @@ def test_full_method_is_not_below_lora_on_a_learnable_task(tmp_path):
     lr = 2e-2
     lora = _train("lora", STABLE, tmp_path, lr)
     full = _train("full", STABLE, tmp_path, lr)
-    assert lora > 0.6, lora          # the task is learnable at this LR
+    assert lora > 0.5, lora          # the task is learnable at this LR (chance: 1/3)
     assert full >= lora - 0.05, (full, lora)

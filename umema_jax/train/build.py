@@ -58,7 +58,8 @@ def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: d
     def evaluate(split: str, preds: dict) -> dict:
         enc = encoded[split]
         aux = preds.get("aux") or {}
-        scores = [k for k in UNCERTAINTY_SCORES if k in aux]
+        # UM's scores; without UM the eval step's temperature is a constant 1: nothing to score.
+        scores = [k for k in UNCERTAINTY_SCORES if k in aux] if "u_bar" in aux else []
         if task_type == "cls":
             labels = np.asarray(enc.labels)
             m = evaluate_classification(preds["probs"], labels, label_names)
