@@ -476,22 +476,14 @@ def table7_render(ctx, results):
             "the first sub-token of each word), mean ± std over seeds.", ""]
     body += A.pivot(results, ("backbone", "method"), ("dataset", "metric"))
     claims = []
-    verdicts, comps = [], []
-    for mlabel, _ in CAL_METRICS:
-        c = _pair_claim(results, "", "", P.OURS.label, "LoRA", higher=False, metric=mlabel)
-        comps += c["comparisons"]
-        verdicts += [x["verdict"] for x in c["comparisons"]]
-    v, d = A.combine(verdicts)
-    claims.append(A.claim("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (L108–109)", v,
-                          d + _one_seed_note(comps), comps))
-    verdicts, comps = [], []
-    for mlabel, _ in CAL_METRICS:
-        c = _pair_claim(results, "", "", P.OURS.label, "LoRA + post-hoc TS", higher=False, metric=mlabel)
-        comps += c["comparisons"]
-        verdicts += [x["verdict"] for x in c["comparisons"]]
-    v, d = A.combine(verdicts)
-    d += _one_seed_note(comps)
-    claims.append(A.claim("extra", "(not a paper claim) Ours vs LoRA + post-hoc TS, same metrics", v, d, comps))
+    for cid, text, worse in (("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (L108–109)", "LoRA"),
+                             ("extra", "(not a paper claim) Ours vs LoRA + post-hoc TS, same metrics",
+                              "LoRA + post-hoc TS")):
+        comps = [x for mlabel, _ in CAL_METRICS
+                 for x in _pair_claim(results, "", "", P.OURS.label, worse, higher=False,
+                                      metric=mlabel)["comparisons"]]
+        v, d = A.combine([x["verdict"] for x in comps])
+        claims.append(A.claim(cid, text, v, d + _one_seed_note(comps), comps))
     A.write(ctx.out, "table7", "Table 7: calibration (ECE / NLL / Brier)", ctx, body, claims, results,
             doc=TARGETS["table7"].doc)
 

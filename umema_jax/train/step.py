@@ -33,7 +33,7 @@ import optax
 from umema_jax import runtime
 from umema_jax.memory.bank import write_moments
 from umema_jax.train.state import TrainState, merge_params
-from umema_jax.train.telemetry import branch_telemetry
+from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX, branch_telemetry
 
 IGNORE = -100
 
@@ -116,9 +116,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
             telemetry = jax.tree.map(lambda x: jnp.mean(x, 0), tels)
         memory = state.memory
         if sums:
-            memory = dict(memory, **write_moments(memory, sums["memory_entry_numer"], sums["memory_entry_denom"]))
-            if "branch/memory_written_slots" in telemetry:    # counted after this step's write
-                telemetry["branch/memory_written_slots"] = memory["filled"].astype(jnp.float32)
+            memory = write_moments(memory, sums["memory_entry_numer"], sums["memory_entry_denom"])
+            telemetry[TELEMETRY_PREFIX + "memory_written_slots"] = memory["filled"].astype(jnp.float32)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)

@@ -46,7 +46,8 @@ def mean_pairwise_cosine(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def branch_telemetry(aux: dict, internals: dict, batch: dict, memory: dict) -> dict:
-    """{'branch/<name>': scalar} from one forward pass; `memory` is the bank after this step's write."""
+    """{'branch/<name>': scalar} from one forward pass (`memory`: the bank it read). The written-slot
+    count is added by the train step after its write (`memory_written_slots`)."""
     out: dict = {}
     features = internals.get("features")
     if features is None:
@@ -67,6 +68,5 @@ def branch_telemetry(aux: dict, internals: dict, batch: dict, memory: dict) -> d
         slots = memory["keys"].shape[0]
         hits = jax.nn.one_hot(aux["memory_top_indices"][..., 0], slots) * w[..., None]
         out["memory_distinct_slots"] = jnp.sum(jnp.any(hits.reshape(-1, slots) > 0, axis=0)).astype(jnp.float32)
-        out["memory_written_slots"] = memory["filled"].astype(jnp.float32)
         out["memory_update_ratio"] = _mean(internals["memory_update_ratio"], w)
     return {PREFIX + k: v for k, v in out.items()}
