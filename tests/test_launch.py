@@ -74,7 +74,7 @@ def check_outputs(workdir, out):
     assert (results["lora"]["rank"], results["lora"]["alpha"], results["lora"]["scale"]) == (8, 16.0, 2.0)
     assert json.loads(read(workdir, "config.json"))["model"]["lora"]["alpha"] == 16.0   # -1 recorded resolved
     pred = json.loads(read(workdir, "predictions.jsonl").splitlines()[0])
-    assert {"id", "gold", "pred", "confidence", "top_probs", "aux"} <= set(pred)
+    assert {"id", "gold", "pred", "confidence", "gold_prob", "top_probs", "aux"} <= set(pred)
     assert "u_bar" in pred["aux"]                       # the model's uncertainty outputs travel along
     assert "test accuracy" in out
 

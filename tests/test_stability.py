@@ -51,6 +51,34 @@ def test_temperature_stays_bounded_when_m_u_is_scaled_by_100(t_max):
         assert m_u_norm > 10 and np.max(t) > 5.0, (m_u_norm, t)   # what the bound prevents
 
 
+def test_unit_temperature_input_ignores_the_scale_of_m_u():
+    """With `temperature_input='unit'` the temperature head reads M_U's direction: scaling M_U by 100
+    leaves T unchanged (with 'raw' the same scaling moves T), and one sign-coherent Adam step of size
+    lr on w_T moves the head's logit by at most lr·sqrt(d_u) (raw: lr·‖M_U‖₁)."""
+    inputs = _um_inputs()
+    temps = {}
+    for kind in ("raw", "unit"):
+        module = UncertaintyModule(UMConfig(d_u=8, temperature_input=kind))
+        params = dict(jax.jit(module.init)(jax.random.PRNGKey(0), *inputs)["params"])
+        m_u = module.apply({"params": params}, *inputs).memory_embedding
+        params["w_T"] = {"kernel": 0.3 * jnp.mean(m_u, 0)[:, None] / jnp.linalg.norm(jnp.mean(m_u, 0)),
+                         "bias": params["w_T"]["bias"]}
+        before = np.asarray(module.apply({"params": params}, *inputs).temperature)
+        params["W_m"] = jax.tree.map(lambda x: 100.0 * x, params["W_m"])
+        after = np.asarray(module.apply({"params": params}, *inputs).temperature)
+        temps[kind] = (before, after)
+    np.testing.assert_allclose(temps["unit"][1], temps["unit"][0], rtol=1e-5)
+    assert np.max(np.abs(temps["raw"][1] - temps["raw"][0])) > 1e-2, temps["raw"]
+
+    from umema_jax.uncertainty.um import temperature_input
+    m = jnp.asarray(np.random.RandomState(1).randn(5, 64) * 30.0, jnp.float32)
+    step = 5e-3 * jnp.sign(m[0])                          # the largest Adam step along example 0
+    assert float(jnp.max(jnp.abs(temperature_input(m, "unit") @ step))) <= 5e-3 * 8.0 + 1e-6
+    assert float(jnp.abs(temperature_input(m, "raw")[0] @ step)) > 5e-3 * 8.0 * 10
+    with pytest.raises(ValueError, match="temperature_input"):
+        temperature_input(m, "cosine")
+
+
 def test_bounded_temperature_equals_the_method_form_near_one():
     from umema_jax.uncertainty.um import calibration_temperature
     base = jnp.linspace(-8.0, -3.0, 6)

@@ -333,6 +333,7 @@ def test_cls_results_json_equals_recomputation_from_predictions_jsonl(tmp_path, 
     pred = probs.argmax(1)
     assert [r["pred"] for r in records] == [names[j] for j in pred]
     np.testing.assert_allclose([r["confidence"] for r in records], probs.max(1), rtol=1e-12)
+    np.testing.assert_allclose([r["gold_prob"] for r in records], probs[np.arange(len(y)), y], rtol=1e-12)
     onehot = np.eye(len(names))[y]
     test = results["test"]
     assert test["n"] == 30

@@ -72,8 +72,10 @@ def _scalars(metrics: dict) -> dict:
 
 
 def prediction_records(task_type: str, label_names: list, preds: dict, encoded, examples: list) -> list:
-    """One JSON-able record per example: gold, predicted, top-k probabilities, confidence, aux outputs."""
+    """One JSON-able record per example: gold, predicted, top-k probabilities, confidence, the gold
+    label's probability (so per-example NLL and error analyses need not re-run the model), aux outputs."""
     names = np.asarray(label_names)
+    index = {str(n): j for j, n in enumerate(label_names)}
     records = []
     for i, ex in enumerate(examples):
         p = np.asarray(preds["probs"][i], dtype=np.float64)
@@ -81,7 +83,7 @@ def prediction_records(task_type: str, label_names: list, preds: dict, encoded, 
         if task_type == "cls":
             top = np.argsort(-p)[:TOP_K]
             rec = {"id": encoded.ids[i], "gold": ex.label, "pred": str(names[top[0]]),
-                   "confidence": float(p[top[0]]),
+                   "confidence": float(p[top[0]]), "gold_prob": float(p[index[str(ex.label)]]),
                    "top_probs": {str(names[j]): float(p[j]) for j in top}}
         else:
             pred = names[p.argmax(-1)].tolist() if p.size else []

@@ -123,6 +123,9 @@ def _validate_branches(m) -> None:
            f"model.um.temperature_max={um.temperature_max}: must be > 1, or 0 for the unbounded form")
     for key in ("temperature_bias_init", "kappa_init", "temperature_max"):
         _check(math.isfinite(float(um[key])), f"model.um.{key}={um[key]}: must be finite")
+    from umema_jax.uncertainty.um import TEMPERATURE_INPUTS
+    _check(um.temperature_input in TEMPERATURE_INPUTS,
+           f"model.um.temperature_input={um.temperature_input!r}: must be one of {', '.join(TEMPERATURE_INPUTS)}")
     _check(all(isinstance(i, int) for i in um.layers), f"model.um.layers={um.layers!r}: must be a tuple of ints")
     for key in ("slots", "d_u", "top_k"):
         _check(int(ema[key]) > 0, f"model.ema.{key}={ema[key]}: must be > 0")

@@ -35,6 +35,10 @@ class UMConfig:
       step 0, see model.py).
     temperature_max: soft upper bound of T (`calibration_temperature`); 0 =
       unbounded, METHOD §1.6 as written, which collapses (issue 15).
+    temperature_input: what `w_T` reads: 'raw' `M_U` (METHOD §1.6) or its
+      'unit'-norm direction. Adam moves `w_T·M_U` by up to lr·‖M_U‖₁ per step,
+      so on the raw `M_U` T reached the bound within 30 steps at lr 5e-3 and
+      the saturated tanh then passed no gradient to T, κ or ū (issue 15).
     """
     d_u: int = 64
     quant_levels: int = 8
@@ -43,6 +47,7 @@ class UMConfig:
     temperature_bias_init: float = -4.0
     kappa_init: float = -4.0
     temperature_max: float = 3.0
+    temperature_input: str = "raw"
     spread_eps: float = 1e-6
 
 
@@ -115,6 +120,19 @@ def calibration_temperature(base_logit: jax.Array, kappa: jax.Array, u_bar: jax.
         span = t_max - 1.0
         return 1.0 + span * jnp.tanh(s / span)
     return 1.0 + s
+
+
+TEMPERATURE_INPUTS = ("raw", "unit")
+
+
+def temperature_input(m_u: jax.Array, kind: str) -> jax.Array:
+    """What the temperature head reads: `M_U` itself, or its direction (a unit
+    vector, so an Adam step moves `w_T·x` by at most lr·sqrt(d_u))."""
+    if kind == "raw":
+        return m_u
+    if kind == "unit":
+        return m_u * jax.lax.rsqrt(jnp.sum(jnp.square(m_u), -1, keepdims=True) + 1e-12)
+    raise ValueError(f"model.um.temperature_input={kind!r}: must be one of {TEMPERATURE_INPUTS}")
 
 
 def last_valid_token(h: jax.Array, mask: jax.Array) -> jax.Array:
@@ -244,7 +262,8 @@ class UncertaintyModule(nn.Module):
 
         # 6. Temperature from M_U, growing with ū (per sequence and per token).
         base = dense("w_T", 1, kernel_init=nn.initializers.zeros,
-                     bias_init=nn.initializers.constant(cfg.temperature_bias_init))(m_u)[..., 0]
+                     bias_init=nn.initializers.constant(cfg.temperature_bias_init))(
+            temperature_input(m_u, cfg.temperature_input))[..., 0]
         kappa = self.param("kappa", nn.initializers.constant(cfg.kappa_init), ())
         temperature = calibration_temperature(base, kappa, u_bar, cfg.temperature_max)
         tok_temperature = jnp.where(m > 0, calibration_temperature(base[:, None], kappa, tok_bar,
