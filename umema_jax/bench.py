@@ -59,6 +59,8 @@ _LORA_DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout (the refer
 _TARGET = flags.DEFINE_string("lora_target", "", "LoRA target regex ('' = arch default: c_attn / q_proj|v_proj).")
 _TRAINABLE = flags.DEFINE_string("trainable_regex", r"^(head|um|ema)/",
                                  "Params trained besides LoRA ('.*' = full fine-tuning).")
+_CPU_MATMUL = flags.DEFINE_enum("cpu_matmul", "auto", ["auto", "xla", "onednn"],
+                                "model.cpu_matmul: backbone matmuls via oneDNN on CPU (auto: when it builds) or XLA.")
 _REMAT = flags.DEFINE_bool("remat", False, "model.remat: recompute each backbone layer in the backward pass.")
 _GRAD_ACCUM = flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
@@ -164,7 +166,8 @@ def model_view(method: str):
     """The root-config view that `umema_jax.model.make_model` reads."""
     lora = dict(rank=_RANK.value, alpha=_ALPHA.value, dropout=_LORA_DROPOUT.value, target_regex=_TARGET.value)
     model = types.SimpleNamespace(name=_BACKBONE.value, method=method, pooling=_POOLING.value, lora=lora,
-                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value)
+                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value,
+                                  cpu_matmul=_CPU_MATMUL.value)
     task = types.SimpleNamespace(type=_TASK.value, num_labels=_NUM_LABELS.value)
     return types.SimpleNamespace(model=model, task=task)
 
@@ -197,6 +200,7 @@ class Runner:
         self.method = method
         backbone_cfg, weights = shared["backbone"]
         model = make_model(model_view(method), backbone_cfg)
+        self.cpu_matmul = model.cpu_matmul
         variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
         params = dict(variables["params"])
         if weights is not None:
@@ -287,7 +291,7 @@ class Runner:
             task=_TASK.value, seq_len=_SEQ.value, batch=_BATCH.value, dtype=_DTYPE.value,
             frozen_dtype=_FROZEN_DTYPE.value or _DTYPE.value, devices=len(devices), mesh_model=_MESH_MODEL.value,
             num_labels=_NUM_LABELS.value, lora_rank=_RANK.value, dropout=_LORA_DROPOUT.value,
-            trainable_regex=_TRAINABLE.value, remat=_REMAT.value, steps=len(self.times),
+            trainable_regex=_TRAINABLE.value, remat=_REMAT.value, cpu_matmul=self.cpu_matmul, steps=len(self.times),
             tokens_per_s=tokens / st["median"], step_s=st["median"], step_s_min=st["min"], step_s_max=st["max"],
             compile_s=self.compile_s,
             peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices),
