@@ -168,16 +168,18 @@ _matmul = jax.custom_vjp(_forward)
 
 
 def _matmul_fwd(x, w):
-    return _forward(x.value, w.value), (x.value, w.value, x.perturbed, w.perturbed)
+    # Keep only what the backward uses, as autodiff of jnp.dot does: x only when W is trained
+    # (a frozen layer saves no input activation), W only when x needs a gradient.
+    return _forward(x.value, w.value), (x.value if w.perturbed else None, w.value if x.perturbed else None)
 
 
 def _matmul_bwd(res, g):
-    x, w, need_dx, need_dw = res
+    x, w = res                        # the cotangent g has x's dtype and shape [..., n]
     if isinstance(g, SymbolicZero):
         return None, None
-    g2 = _rows(g).astype(x.dtype)
-    dx = gemm(g2, w, transpose_b=True).astype(x.dtype).reshape(x.shape) if need_dx else None
-    dw = gemm(_rows(x), g2, transpose_a=True).astype(w.dtype) if need_dw else None
+    g2 = _rows(g)
+    dx = None if w is None else gemm(g2, w, transpose_b=True).astype(g.dtype).reshape(*g.shape[:-1], w.shape[0])
+    dw = None if x is None else gemm(_rows(x), g2, transpose_a=True).astype(x.dtype)
     return dx, dw
 
 
