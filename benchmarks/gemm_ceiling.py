@@ -1,6 +1,7 @@
 """The GEMM ceiling: the LoRA step's matmuls alone, XLA:CPU vs PyTorch (MKL), alternated.
 
     .venv/bin/python benchmarks/gemm_ceiling.py --alternations 4
+    .venv/bin/python benchmarks/gemm_ceiling.py --alternations 3 --sides jax,onednn,torch
 
 Why: the ours / PEFT step ratio (compare_peft.py) mixes two things, the matrix
 library and everything else (norms, softmax, GELU, copies, scan bookkeeping).
@@ -75,18 +76,22 @@ def make_chain(ops, attention: bool, batch: int, seq: int, heads: int = H):
     return chain
 
 
-def time_jax(attention: bool, steps: int, batch: int, seq: int) -> list[float]:
+def time_jax(attention: bool, steps: int, batch: int, seq: int, onednn: bool = False) -> list[float]:
+    """XLA's dot, or with `onednn` the model's oneDNN custom call (umema_jax/kernels/cpu_gemm.py) for the
+    linear products (the transposed weights are then materialised by XLA: the model passes them as strides)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     sys.path.insert(0, ROOT)
+    from umema_jax.kernels import cpu_gemm
     from umema_jax.runtime import compiler_options
     rng = np.random.default_rng(0)
     shapes = dict(qkv=(D, 3 * D), o=(D, D), fc=(D, F), pr=(F, D))
     weights = [{k: jnp.asarray(rng.normal(0, 0.02, s), jnp.float32) for k, s in shapes.items()} for _ in range(L)]
     x = jnp.asarray(rng.normal(0, 1, (batch * seq, D)), jnp.float32)
-    ops = dict(mm=jnp.matmul, einsum=jnp.einsum, cat=lambda p: jnp.concatenate(p, -1), t=jnp.transpose)
+    ops = dict(mm=cpu_gemm.matmul if onednn else jnp.matmul, einsum=jnp.einsum,
+               cat=lambda p: jnp.concatenate(p, -1), t=jnp.transpose)
     # Same compiler options as the project's jitted train step.
     compiled = jax.jit(make_chain(ops, attention, batch, seq)).lower(x, weights).compile(
         compiler_options=compiler_options("cpu"))
@@ -120,8 +125,8 @@ def time_torch(attention: bool, steps: int, batch: int, seq: int, threads: int) 
 
 
 def one_side(args) -> None:
-    if args.impl == "jax":
-        times = time_jax(args.attention, args.steps, args.batch, args.seq_len)
+    if args.impl in ("jax", "onednn"):
+        times = time_jax(args.attention, args.steps, args.batch, args.seq_len, onednn=args.impl == "onednn")
     else:
         times = time_torch(args.attention, args.steps, args.batch, args.seq_len, args.threads)
     med = statistics.median(times)
@@ -133,7 +138,8 @@ def one_side(args) -> None:
 
 def drive(args) -> None:
     from compare_peft import run     # same fresh-process runner (last JSON line, stderr on failure); this dir is on sys.path
-    py = {"jax": args.ours_python, "torch": args.ref_python}
+    py = {"jax": args.ours_python, "onednn": args.ours_python, "torch": args.ref_python}
+    py = {k: py[k] for k in args.sides.split(",")}
     for impl, exe in py.items():
         if not os.path.exists(exe):
             raise SystemExit(f"{exe}: python for --impl {impl} not found (see benchmarks/README.md for the two venvs)")
@@ -142,18 +148,22 @@ def drive(args) -> None:
         ratios = []
         for alt in range(args.alternations):
             recs = {}
-            for impl in ("jax", "torch"):
+            for impl in py:
                 cmd = [py[impl], os.path.abspath(__file__), "--impl", impl, "--steps", str(args.steps),
                        "--batch", str(args.batch), "--seq_len", str(args.seq_len), "--threads", str(args.threads)]
                 cmd.append("--attention" if attention else "--no-attention")
                 recs[impl] = run(cmd, dict(os.environ), ROOT)
                 recs[impl]["alternation"] = alt
                 records.append(recs[impl])
-            ratios.append(recs["jax"]["chain_s"] / recs["torch"]["chain_s"])
-            print(f"attention={attention} alternation {alt}: jax {recs['jax']['chain_s']:.3f} s, "
-                  f"torch {recs['torch']['chain_s']:.3f} s, jax/torch time {ratios[-1]:.3f}", flush=True)
-        summary = dict(summary=True, attention=attention, alternations=len(ratios),
-                       jax_over_torch_time_median=statistics.median(ratios), min=min(ratios), max=max(ratios))
+            ref = list(py)[-1]
+            ratios.append({k: recs[k]["chain_s"] / recs[ref]["chain_s"] for k in py if k != ref})
+            print(f"attention={attention} alternation {alt}: " + ", ".join(f"{k} {r['chain_s']:.3f} s" for k, r in recs.items())
+                  + ", time / " + ref + ": " + ", ".join(f"{k} {v:.3f}" for k, v in ratios[-1].items()), flush=True)
+        summary = dict(summary=True, attention=attention, alternations=len(ratios), reference=ref)
+        for k in ratios[0]:
+            rs = [r[k] for r in ratios]
+            summary[f"{k}_over_{ref}_time_median"] = statistics.median(rs)
+            summary[f"{k}_over_{ref}_time_min"], summary[f"{k}_over_{ref}_time_max"] = min(rs), max(rs)
         records.append(summary)
         print(json.dumps(summary), flush=True)
     if args.output:
@@ -165,7 +175,9 @@ def drive(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", choices=("both", "jax", "torch"), default="both")
+    p.add_argument("--impl", choices=("both", "jax", "onednn", "torch"), default="both")
+    p.add_argument("--sides", default="jax,torch", help="driver: sides to alternate, the last is the reference "
+                   "(jax = XLA's dot, onednn = the model's oneDNN custom call, torch = PyTorch/MKL)")
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=True,
                    help="(one side only) include the attention score/value products")
     p.add_argument("--steps", type=int, default=8)

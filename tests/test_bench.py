@@ -43,13 +43,16 @@ def test_bench_cli_emits_one_json_line_per_method(tmp_path):
 
 
 def test_bench_compare_reports_ratios_to_lora():
-    recs = run_bench("--backbone=llama-tiny", "--task=ner", "--compare", "--methods_to_compare=lora,full",
+    # `method/cpu_matmul` entries pick the matmul path per variant (here XLA for the baseline, auto for full).
+    recs = run_bench("--backbone=llama-tiny", "--task=ner", "--compare", "--methods_to_compare=lora/xla,full",
                      "--rounds=1", "--steps_per_round=1", "--eval_steps=0")
     summary = recs[-1]
-    assert summary["compare"] and summary["baseline"] == "lora"
-    assert summary["relative_step_time"]["lora"] == 1.0
+    assert summary["compare"] and summary["baseline"] == "lora/xla"
+    assert summary["relative_step_time"]["lora/xla"] == 1.0
     assert summary["relative_step_time"]["full"] > 0
     assert [r["method"] for r in recs[:-1]] == ["lora", "full"]
+    assert [r["variant"] for r in recs[:-1]] == ["lora/xla", "full"] and recs[0]["cpu_matmul"] == "xla"
+    assert recs[1]["cpu_matmul"] in ("xla", "onednn")
 
 
 def test_step_flops_by_hand():

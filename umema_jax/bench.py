@@ -4,6 +4,7 @@
     python -m umema_jax.bench --method=lora,full --seq_len=512
     python -m umema_jax.bench --compare             # lora, lora+um, lora+ema, full, alternated
     python -m umema_jax.bench --backbone=smollm2-135m --compare
+    python -m umema_jax.bench --compare --methods_to_compare=lora/xla,lora/onednn   # matmul paths
 
 What is timed is exactly what `train/loop.py` runs: `train/step.py`'s
 `make_train_step` jitted by `jit_train_step` (forward, masked cross-entropy,
@@ -59,6 +60,8 @@ _LORA_DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout (the refer
 _TARGET = flags.DEFINE_string("lora_target", "", "LoRA target regex ('' = arch default: c_attn / q_proj|v_proj).")
 _TRAINABLE = flags.DEFINE_string("trainable_regex", r"^(head|um|ema)/",
                                  "Params trained besides LoRA ('.*' = full fine-tuning).")
+_CPU_MATMUL = flags.DEFINE_enum("cpu_matmul", "auto", ["auto", "xla", "onednn"],
+                                "model.cpu_matmul: backbone matmuls via oneDNN on CPU (auto: when it builds) or XLA.")
 _REMAT = flags.DEFINE_bool("remat", False, "model.remat: recompute each backbone layer in the backward pass.")
 _GRAD_ACCUM = flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
@@ -66,7 +69,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per configuration.
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps", 10, "Timed eval steps (0 = skip the eval step).")
 _COMPARE = flags.DEFINE_bool("compare", False, "Alternate --methods_to_compare in one process; print ratios.")
 _COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "lora,lora+um,lora+ema,full",
-                                       "Methods for --compare (the first is the baseline).")
+                                       "Methods for --compare (the first is the baseline); `method/xla`, "
+                                       "`method/onednn` set model.cpu_matmul per entry (matmul paths alternated).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "--compare: round-robin rounds.")
 _STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "--compare: timed train steps per method per round.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak device TFLOP/s for the MFU (0 = known GPUs only).")
@@ -160,11 +164,12 @@ def _stats(times: list[float]) -> dict:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def model_view(method: str):
-    """The root-config view that `umema_jax.model.make_model` reads."""
+def model_view(method: str, cpu_matmul: str = ""):
+    """The root-config view that `umema_jax.model.make_model` reads (`cpu_matmul` '' = --cpu_matmul)."""
     lora = dict(rank=_RANK.value, alpha=_ALPHA.value, dropout=_LORA_DROPOUT.value, target_regex=_TARGET.value)
     model = types.SimpleNamespace(name=_BACKBONE.value, method=method, pooling=_POOLING.value, lora=lora,
-                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value)
+                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value,
+                                  cpu_matmul=cpu_matmul or _CPU_MATMUL.value)
     task = types.SimpleNamespace(type=_TASK.value, num_labels=_NUM_LABELS.value)
     return types.SimpleNamespace(model=model, task=task)
 
@@ -194,9 +199,11 @@ class Runner:
         from umema_jax.train.state import cast_tree, count_params, create_train_state, make_optimizer, split_params
         from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
-        self.method = method
+        self.label = method                            # "lora" or, to compare matmul paths, "lora/xla"
+        self.method, _, matmul = method.partition("/")
         backbone_cfg, weights = shared["backbone"]
-        model = make_model(model_view(method), backbone_cfg)
+        model = make_model(model_view(self.method, matmul), backbone_cfg)
+        self.cpu_matmul = model.cpu_matmul
         variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
         params = dict(variables["params"])
         if weights is not None:
@@ -263,7 +270,7 @@ class Runner:
         if record:
             self.times.append(dt)
         if int(metrics["finite"]) != 1:
-            raise FloatingPointError(f"{self.method}: non-finite loss or gradient in the benchmark step")
+            raise FloatingPointError(f"{self.label}: non-finite loss or gradient in the benchmark step")
 
     def evaluate(self, record: bool = True) -> None:
         import jax
@@ -283,11 +290,11 @@ class Runner:
                         full_finetune=_TRAINABLE.value in (".*", "^.*$", ""))
         peak = peak_flops(devices[0], _DTYPE.value, _PEAK_TFLOPS.value)
         rec = dict(
-            impl="umema_jax", method=self.method, backbone=_BACKBONE.value, weights=_WEIGHTS.value,
+            impl="umema_jax", method=self.method, variant=self.label, backbone=_BACKBONE.value, weights=_WEIGHTS.value,
             task=_TASK.value, seq_len=_SEQ.value, batch=_BATCH.value, dtype=_DTYPE.value,
             frozen_dtype=_FROZEN_DTYPE.value or _DTYPE.value, devices=len(devices), mesh_model=_MESH_MODEL.value,
             num_labels=_NUM_LABELS.value, lora_rank=_RANK.value, dropout=_LORA_DROPOUT.value,
-            trainable_regex=_TRAINABLE.value, remat=_REMAT.value, steps=len(self.times),
+            trainable_regex=_TRAINABLE.value, remat=_REMAT.value, cpu_matmul=self.cpu_matmul, steps=len(self.times),
             tokens_per_s=tokens / st["median"], step_s=st["median"], step_s_min=st["min"], step_s_max=st["max"],
             compile_s=self.compile_s,
             peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices),
@@ -321,10 +328,13 @@ def emit(rec: dict) -> None:
 
 
 def _parse_methods(spec: str) -> list[str]:
+    """Comma-separated `method` or `method/cpu_matmul` (e.g. `lora/xla,lora/onednn`: matmul paths alternated)."""
+    from umema_jax.kernels.cpu_gemm import CHOICES
     methods = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m.partition("/")[0] not in METHODS or
+           (m.partition("/")[1] and m.partition("/")[2] not in CHOICES)]
     if bad or not methods:
-        raise app.UsageError(f"unknown method(s) {bad}; choose from {METHODS}")
+        raise app.UsageError(f"unknown method(s) {bad}; choose from {METHODS}, optionally /{'|'.join(CHOICES)}")
     return methods
 
 
@@ -373,30 +383,30 @@ def main(argv) -> None:
             start = len(runner.times)
             for _ in range(_STEPS_PER_ROUND.value):
                 runner.train()
-            per_round[runner.method].append(statistics.median(runner.times[start:]))
+            per_round[runner.label].append(statistics.median(runner.times[start:]))
             for _ in range(eval_per_round):
                 runner.evaluate()
     base = runners[0]
     base_med = statistics.median(base.times)
-    summary = {"impl": "umema_jax", "compare": True, "baseline": base.method, "backbone": _BACKBONE.value,
+    summary = {"impl": "umema_jax", "compare": True, "baseline": base.label, "backbone": _BACKBONE.value,
                "task": _TASK.value, "seq_len": _SEQ.value, "batch": _BATCH.value, "dtype": _DTYPE.value,
                "rounds": _ROUNDS.value, "steps_per_round": _STEPS_PER_ROUND.value, "relative_step_time": {},
                "relative_step_time_per_round": {}, "relative_eval_time": {}, "tag": _TAG.value}
     for runner in runners:
         rec = runner.record(shared, devices)
         rec["relative_step_time"] = statistics.median(runner.times) / base_med
-        ratios = [a / b for a, b in zip(per_round[runner.method], per_round[base.method])]
+        ratios = [a / b for a, b in zip(per_round[runner.label], per_round[base.label])]
         rec["relative_step_time_per_round"] = statistics.median(ratios)
-        summary["relative_step_time"][runner.method] = rec["relative_step_time"]
-        summary["relative_step_time_per_round"][runner.method] = rec["relative_step_time_per_round"]
+        summary["relative_step_time"][runner.label] = rec["relative_step_time"]
+        summary["relative_step_time_per_round"][runner.label] = rec["relative_step_time_per_round"]
         if runner.eval_times and base.eval_times:
             rec["relative_eval_time"] = statistics.median(runner.eval_times) / statistics.median(base.eval_times)
-            summary["relative_eval_time"][runner.method] = rec["relative_eval_time"]
+            summary["relative_eval_time"][runner.label] = rec["relative_eval_time"]
         emit(rec)
     summary["peak_rss_mb"] = peak_rss_mb()
     emit(summary)
     for m in methods:
-        print(f"# {m:9s} step x{summary['relative_step_time'][m]:.3f} of {base.method} "
+        print(f"# {m:9s} step x{summary['relative_step_time'][m]:.3f} of {base.label} "
               f"(per-round median x{summary['relative_step_time_per_round'][m]:.3f})", file=sys.stderr)
 
 

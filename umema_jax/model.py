@@ -81,6 +81,7 @@ class UmemaModel(nn.Module):
     ema_cfg: EMAConfig = EMAConfig()
     dtype: Any = jnp.float32
     remat: bool = False                  # rematerialise backbone layers in the backward pass
+    cpu_matmul: str = "xla"              # backbone Dense products: "xla" | "onednn" (make_model resolves "auto")
 
     def setup(self):
         use_um, use_ema = method_flags(self.method)
@@ -88,8 +89,8 @@ class UmemaModel(nn.Module):
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        kwargs = {"remat": True} if self.remat else {}
-        self.backbone = build_backbone(self.backbone_cfg, lora=self.lora_cfg, dtype=self.dtype, **kwargs)
+        self.backbone = build_backbone(self.backbone_cfg, lora=self.lora_cfg, dtype=self.dtype, remat=self.remat,
+                                       matmul=self.cpu_matmul)
         if use_um:
             self.um = UncertaintyModule(self.um_cfg, pooling="token" if self.task_type == "ner" else self.pooling)
         if use_ema:
@@ -224,8 +225,10 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel
     `model.um.*` → UMConfig fields (d_u, quant_levels, layers, num_tasks, ...),
     `model.ema.*` → EMAConfig fields (slots, tau0, d_u, top_k, axis_name),
     `model.dtype` ('float32' | 'bfloat16'), optional `model.remat` (bool, default
-    False), `task.type` ('cls' | 'ner'), `task.num_labels`.
+    False), optional `model.cpu_matmul` ('auto' | 'xla' | 'onednn', default 'auto': oneDNN on CPU
+    when it builds), `task.type` ('cls' | 'ner'), `task.num_labels`.
     """
+    from umema_jax.kernels.cpu_gemm import resolve
     from umema_jax.adapters.lora import LoraConfig
     m = config.model
     if backbone_cfg is None:
@@ -246,7 +249,8 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel
         backbone_cfg=backbone_cfg, lora_cfg=lora_cfg, method=str(m.method),
         task_type=str(config.task.type), num_labels=int(config.task.num_labels),
         pooling=str(_get(m, "pooling", "last")), um_cfg=UMConfig(**um_kwargs), ema_cfg=EMAConfig(**ema_kwargs),
-        dtype=jnp.dtype(str(_get(m, "dtype", "float32"))), remat=bool(_get(m, "remat", False)))
+        dtype=jnp.dtype(str(_get(m, "dtype", "float32"))), remat=bool(_get(m, "remat", False)),
+        cpu_matmul=resolve(str(_get(m, "cpu_matmul", "auto"))))
 
 
 def count_params(tree) -> int:

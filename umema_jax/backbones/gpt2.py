@@ -44,12 +44,13 @@ class GPT2Block(nn.Module):
     lora_dropout: float
     deterministic: bool
     collect: bool
+    matmul: str
 
     @nn.compact
     def __call__(self, h, mask):
         def dense(features, name):
             return Dense(features, True, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
-                         name=name)
+                         self.matmul, name=name)
         eps = self.cfg.norm_eps
         h = h + GPT2Attention(self.cfg, dense, name="attn")(LayerNorm(eps, self.dtype, name="ln_1")(h), mask)
         h = h + GPT2MLP(self.cfg, dense, name="mlp")(LayerNorm(eps, self.dtype, name="ln_2")(h))
@@ -62,6 +63,7 @@ class GPT2Backbone(nn.Module):
     lora_scale: float | None = None
     lora_dropout: float = 0.0
     remat: bool = False            # recompute each layer in the backward pass (less activation memory)
+    matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
@@ -81,7 +83,7 @@ class GPT2Backbone(nn.Module):
                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                          length=cfg.num_layers)
         h, hs = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
-                       output_hidden_states, name="h")(emb, mask)
+                       output_hidden_states, self.matmul, name="h")(emb, mask)
         last = LayerNorm(cfg.norm_eps, self.dtype, name="ln_f")(h)
         logits = wte.attend(last).astype(jnp.float32) if compute_logits else None
         return BackboneOutput(emb, hs, last, logits)

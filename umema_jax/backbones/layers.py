@@ -3,7 +3,8 @@
 The Dense reads optional `lora_a [in,r]` / `lora_b [r,out]` variables from the
 `lora` collection and adds `scale * (dropout(x) @ A) @ B`; it never forms
 `W + A B`, so a gradient taken w.r.t. the lora tree alone never produces a
-cotangent for the frozen kernel.
+cotangent for the frozen kernel. `matmul='onednn'` sends the `x @ kernel` product
+through oneDNN (umema_jax/kernels/cpu_gemm.py; CPU only, chosen by `model.cpu_matmul`).
 """
 from __future__ import annotations
 
@@ -26,12 +27,19 @@ class Dense(nn.Module):
     lora_scale: float | None = None    # None: the backbone was built without LoRA
     lora_dropout: float = 0.0
     deterministic: bool = True
+    matmul: str = "xla"                # "xla" (jnp.dot) | "onednn" (CPU custom call), resolved by the caller
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), jnp.float32)
         xc = x.astype(self.dtype)
-        y = jnp.dot(xc, kernel.astype(self.dtype))
+        if self.matmul == "onednn":
+            from umema_jax.kernels.cpu_gemm import matmul
+            y = matmul(xc, kernel.astype(self.dtype))
+        elif self.matmul == "xla":
+            y = jnp.dot(xc, kernel.astype(self.dtype))
+        else:
+            raise ValueError(f"Dense.matmul={self.matmul!r}: must be 'xla' or 'onednn' (resolve 'auto' first)")
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         if self.has_variable("lora", "lora_a"):

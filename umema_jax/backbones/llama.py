@@ -48,12 +48,13 @@ class LlamaBlock(nn.Module):
     lora_dropout: float
     deterministic: bool
     collect: bool
+    matmul: str
 
     @nn.compact
     def __call__(self, h, mask, cos, sin):
         def dense(features, name):
             return Dense(features, False, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
-                         name=name)
+                         self.matmul, name=name)
         eps = self.cfg.norm_eps
         h = h + LlamaAttention(self.cfg, dense, name="self_attn")(
             RMSNorm(eps, self.dtype, name="input_layernorm")(h), mask, cos, sin)
@@ -67,6 +68,7 @@ class LlamaBackbone(nn.Module):
     lora_scale: float | None = None
     lora_dropout: float = 0.0
     remat: bool = False            # recompute each layer in the backward pass (less activation memory)
+    matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
@@ -85,7 +87,7 @@ class LlamaBackbone(nn.Module):
                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                          length=cfg.num_layers)
         h, hs = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
-                       output_hidden_states, name="layers")(emb, mask, cos, sin)
+                       output_hidden_states, self.matmul, name="layers")(emb, mask, cos, sin)
         last = RMSNorm(cfg.norm_eps, self.dtype, name="norm")(h)
         logits = None
         if compute_logits:

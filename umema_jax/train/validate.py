@@ -29,6 +29,8 @@ def validate_config(c) -> None:
     """Raises ConfigError for the first invalid value (config keys as written on the command line)."""
     m, d, t, o = c.model, c.data, c.train, c.optim
     _check(m.method in METHODS, f"model.method={m.method!r}: must be one of {', '.join(METHODS)}")
+    from umema_jax.kernels.cpu_gemm import CHOICES
+    _check(m.cpu_matmul in CHOICES, f"model.cpu_matmul={m.cpu_matmul!r}: must be one of {', '.join(CHOICES)}")
     _check(m.pooling in POOLINGS, f"model.pooling={m.pooling!r}: must be one of {', '.join(POOLINGS)}")
     for key in ("dtype", "frozen_param_dtype"):
         _check(m[key] in DTYPES, f"model.{key}={m[key]!r}: must be one of {', '.join(DTYPES)}")
