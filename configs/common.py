@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"            # compute dtype: float32 | bfloat16
     c.model.frozen_param_dtype = "float32"  # storage dtype of the frozen backbone (bfloat16 halves it)
     c.model.remat = False                # rematerialise backbone layers in backward (activation memory ~ 1 layer)
-    c.model.cpu_matmul = "auto"          # auto | xla | onednn: backbone matmuls via oneDNN on CPU (auto: when it builds)
+    c.model.cpu_matmul = "auto"          # auto | xla | onednn: backbone matmuls via oneDNN on CPU (auto: on AMX/AVX512-BF16 CPUs, when it builds)
     c.model.lora = ml_collections.ConfigDict()
     c.model.lora.rank = 8                # paper: r = 8 (main results)
     c.model.lora.alpha = -1.0            # -1 = 2 * rank (paper: alpha = 2r, scale 2 at every rank)

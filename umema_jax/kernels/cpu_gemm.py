@@ -123,12 +123,29 @@ def _notice(reason: str) -> None:
     print(f"umema_jax: model.cpu_matmul=auto uses XLA's dot ({reason})", file=sys.stderr, flush=True)
 
 
+@functools.cache
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 matmul units (AMX-BF16 or AVX512-BF16), from /proc/cpuinfo: the CPUs
+    where XLA:CPU misses the hardware (issue 16) and oneDNN reaches it. Read without building anything."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def resolve(choice: str, platform: str | None = None) -> str:
-    """'xla' or 'onednn' for `model.cpu_matmul`: auto = oneDNN on CPU when it builds, else XLA (always on GPU/TPU)."""
+    """'xla' or 'onednn' for `model.cpu_matmul`.
+
+    auto = oneDNN on CPUs with bf16 matmul units when it builds, else XLA (always on GPU/TPU). On an
+    AVX2-only CPU oneDNN measured 0.83x XLA's GPT-2 step time but 1.17x its SmolLM2 eval time
+    (benchmarks/README.md), so auto does not pay a compile for it there; `onednn` forces it.
+    """
     if choice not in CHOICES:
         raise ValueError(f"model.cpu_matmul={choice!r}: must be one of {', '.join(CHOICES)}")
     platform = platform or jax.default_backend()
-    if choice == "xla" or (choice == "auto" and platform != "cpu"):
+    if choice == "xla" or (choice == "auto" and (platform != "cpu" or not native_bf16_cpu())):
         return "xla"
     if platform != "cpu":
         raise ValueError(f"model.cpu_matmul=onednn runs on the CPU backend only, not {platform!r}")
