@@ -18,6 +18,11 @@ import numpy as np
 Dtype = Any
 
 
+def at_least_f32(dtype):
+    """fp32 for fp32/bf16 (the precision these layers compute norms and softmax in), fp64 under x64 (tests)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class Dense(nn.Module):
     """`x @ kernel[in,out] (+ bias)` in `dtype`, plus a LoRA branch when `lora` variables exist."""
     features: int
@@ -57,7 +62,7 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
-        x = x.astype(jnp.float32)
+        x = x.astype(at_least_f32(x.dtype))
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         return ((x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(self.dtype)
@@ -71,7 +76,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         w = self.param("weight", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        x = x.astype(jnp.float32)
+        x = x.astype(at_least_f32(x.dtype))
         x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
         return (w * x).astype(self.dtype)
 
@@ -112,7 +117,7 @@ def attention(q, k, v, mask, dtype):
 def _attention_probs_out(q, k, v, mask):
     """Head-major q `[B,K,G,n,hd]`, k/v `[B,K,n,hd]` -> (out `[B,K,G,n,hd]`, probs `[B,K,G,n,n]`)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=at_least_f32(q.dtype))
     logits = logits * jnp.asarray(scale, logits.dtype)
     big_neg = jnp.asarray(-0.7 * float(jnp.finfo(logits.dtype).max), logits.dtype)
     logits = jnp.where(mask[:, :, None], logits, big_neg)
@@ -132,7 +137,7 @@ def _attention_fwd(q, k, v, mask):
 
 def _attention_bwd(res, d_out):
     q, k, v, probs = res
-    f32 = jnp.float32
+    f32 = at_least_f32(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1])
     d_v = jnp.einsum("bkgqs,bkgqd->bksd", probs, d_out).astype(v.dtype)
     d_p = jnp.einsum("bkgqd,bksd->bkgqs", d_out, v, preferred_element_type=f32)
@@ -163,7 +168,7 @@ def gelu_tanh(x):
 def _gelu_tanh_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     c = math.sqrt(2.0 / math.pi)
-    xf = x.astype(jnp.float32)
+    xf = x.astype(at_least_f32(x.dtype))
     th = jnp.tanh(c * (xf + 0.044715 * xf * xf * xf))
     dy = 0.5 * (1.0 + th) + 0.5 * xf * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * xf * xf)
     return jax.nn.gelu(x, approximate=True), dy.astype(x.dtype) * t
