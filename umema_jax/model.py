@@ -53,8 +53,9 @@ class ModelOutput:
     # Training-only internals ({} unless train=True): the head's input `features`,
     # `memory_embedding` M_U, and with EMA the bank-write sums
     # `memory_entry_numer` [d] / `memory_entry_denom` [] (train/step.py adds them
-    # over micro-batches and writes once) and `memory_update_ratio`. Used for
-    # telemetry (train/telemetry.py), never exported with predictions.
+    # over micro-batches and writes once) and `memory_update_ratio`; with routed
+    # LoRA (MiLoRA) `router_gates/probs/selected` [L,B,M]. Used for telemetry
+    # (train/telemetry.py) and methods' aux losses, never exported with predictions.
     internals: dict = struct.field(default_factory=dict)
 
 
@@ -170,6 +171,8 @@ class UmemaModel(nn.Module):
                     self.bank_filled.value = new_bank["filled"]
         if train:
             internals["features"] = rep
+            if out.routing is not None:      # MiLoRA: [L,B,M] per block, for the balance loss and usage
+                internals.update({f"router_{k}": v for k, v in out.routing.items()})
             if m_u is not None:
                 internals["memory_embedding"] = m_u
 

@@ -3,7 +3,9 @@
 The Dense reads optional `lora_a [in,r]` / `lora_b [r,out]` variables from the
 `lora` collection and adds `scale * (dropout(x) @ A) @ B`; it never forms
 `W + A B`, so a gradient taken w.r.t. the lora tree alone never produces a
-cotangent for the frozen kernel.
+cotangent for the frozen kernel. Two optional gates on that branch serve the
+baselines: rank gates `lora_gates/gate [r]` (ALoRA switches ranks on and off as
+data, so shapes never change) and a per-example gate argument (MiLoRA's router).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ class Dense(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, gate=None):
+        """`gate [B]`: per-example weight of the LoRA branch (a router's output); None = 1."""
         kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), jnp.float32)
         xc = x.astype(self.dtype)
         y = jnp.dot(xc, kernel.astype(self.dtype))
@@ -48,8 +51,41 @@ class Dense(nn.Module):
             h = xc
             if self.lora_dropout > 0.0 and not self.deterministic:
                 h = nn.Dropout(self.lora_dropout)(h, deterministic=False)
-            y = y + (jnp.dot(jnp.dot(h, a), b) * jnp.asarray(self.lora_scale, self.dtype))
+            h = jnp.dot(h, a)
+            if self.has_variable("lora_gates", "gate"):          # [r] in {0, 1}
+                h = h * self.get_variable("lora_gates", "gate").astype(self.dtype)
+            if gate is not None:
+                h = h * gate.astype(self.dtype).reshape(gate.shape + (1,) * (h.ndim - gate.ndim))
+            y = y + (jnp.dot(h, b) * jnp.asarray(self.lora_scale, self.dtype))
         return y
+
+
+class Router(nn.Module):
+    """Prompt-aware router of one block (MiLoRA): which of its M LoRA experts run, per example.
+
+    Reads `lora/.../router/kernel [d, M]`; absent (model init, before the adapter
+    exists) it returns None and the experts run ungated. From the block's input
+    `h [B,n,d]` at the prompt's last real token: probs = softmax(GELU(h_last) W_r),
+    gates = probs on the top-K experts and 0 elsewhere, *not* renormalised, so
+    the chosen experts' probabilities keep a router gradient."""
+    top_k: int
+
+    @nn.compact
+    def __call__(self, h, last_idx):
+        if not self.has_variable("lora", "kernel"):
+            return None
+        kernel = self.get_variable("lora", "kernel").astype(jnp.float32)
+        h_last = jnp.take_along_axis(h, last_idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        probs = jax.nn.softmax(jnp.dot(jax.nn.gelu(h_last, approximate=False), kernel), axis=-1)
+        _, chosen = jax.lax.top_k(probs, self.top_k)
+        selected = jnp.sum(jax.nn.one_hot(chosen, probs.shape[-1], dtype=probs.dtype), axis=-2)
+        return {"gates": probs * selected, "probs": probs, "selected": selected}
+
+
+def last_token_index(attention_mask):
+    """[B] index of the last real token (right or left padding): where a prompt-level decision reads."""
+    n = attention_mask.shape[-1]
+    return jnp.max(jnp.where(attention_mask > 0, jnp.arange(n)[None, :], 0), axis=-1)
 
 
 class LayerNorm(nn.Module):
