@@ -58,3 +58,10 @@ def test_smoke_run_logs_and_resumes_bit_identically(tmp_path, method):
     assert resumed.dev == full.dev and resumed.test == full.test
     np.testing.assert_array_equal(resumed.predictions["test"]["probs"], full.predictions["test"]["probs"])
     assert _records(tmp_path / "part") == recs
+
+
+def test_the_runner_treats_both_as_implemented_adapter_baselines():
+    from umema_jax.experiments import profiles as P
+    for label, name in (("MiLoRA", "milora"), ("ALoRA", "alora")):
+        row = next(m for m in P.BASELINES if m.label == label)
+        assert P.method_name(row) == name and row.family == "adapter"

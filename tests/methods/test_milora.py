@@ -169,6 +169,13 @@ def test_balance_loss_and_usage_match_numpy():
 
 def test_config_errors_name_the_key():
     import ml_collections
+    from configs.smoke import get_config
+    from umema_jax import methods
+    from umema_jax.train.build import model_config_view
+    c = get_config()
+    c.model.method, c.model.lora.target_regex = "milora", "c_attn"
+    with pytest.raises(ValueError, match="model.lora.target_regex='c_attn': milora puts an expert"):
+        methods.from_config(c).make_model(model_config_view(c, "cls", 2), get_backbone_config("gpt2-tiny"))
     with pytest.raises(ValueError, match="methods.milora.top_k"):
         MiLoRA.validate(ml_collections.ConfigDict({"top_k": 0, "balance_weight": 0.01}))
     with pytest.raises(ValueError, match="methods.milora.balance_weight"):
