@@ -85,7 +85,7 @@ class Router(nn.Module):
 def last_token_index(attention_mask):
     """[B] index of the last real token (right or left padding): where a prompt-level decision reads."""
     n = attention_mask.shape[-1]
-    return jnp.max(jnp.where(attention_mask > 0, jnp.arange(n)[None, :], 0), axis=-1)
+    return jnp.max(jnp.where(attention_mask.astype(bool), jnp.arange(n)[None, :], 0), axis=-1)
 
 
 class LayerNorm(nn.Module):
