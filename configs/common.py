@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "smollm2-135m"        # built-in GGUF; `gpt2`, a hub id or a local path also work
     c.model.init_from_scratch = False    # True: random weights (smoke tests, tiny configs)
-    c.model.method = "lora"              # lora | lora+um | lora+ema | full (= LoRA + UM + EMA)
+    c.model.method = "lora"              # lora | lora+um | lora+ema | full (= LoRA + UM + EMA) | full_ft | lisa
     c.model.pooling = "last"             # last | mean (sequence classification summary)
     c.model.dtype = "float32"            # compute dtype: float32 | bfloat16
     c.model.frozen_param_dtype = "float32"  # storage dtype of the frozen backbone (bfloat16 halves it)
@@ -64,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ema.mask_unwritten = True    # never-written (Xavier) slots get no retrieval weight
     c.model.ema.axis_name = ""           # '' = None (jit + sharding); a mesh axis under shard_map/pmap
 
+    # Hyper-parameters of the training methods, `methods.<name>.<key>`, each section built from its
+    # method's `defaults` (umema_jax/methods/<name>.py, BASELINES.md values; docs/METHODS.md lists them):
+    # methods.full_ft.param_dtype, methods.lisa.gamma, methods.lisa.interval_steps, ...
+    from umema_jax.methods import default_config as method_defaults
+    c.methods = method_defaults()
+
     c.data = ml_collections.ConfigDict()
     c.data.name = "semeval"
     c.data.data_dir = default_data_dir()
@@ -79,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 16              # global mini-batch (one optimizer step, one bank write)
     c.train.grad_accum_steps = 1         # micro-batches per mini-batch
     c.train.eval_batch_size = 64
-    c.train.trainable_regex = r"^(head|um|ema)/"   # params trained besides LoRA; '.*' = full fine-tuning
+    c.train.trainable_regex = r"^(head|um|ema)/"   # params trained besides LoRA (adapter methods; full_ft/lisa set their own)
     c.train.eval_every_steps = 0         # 0 = once per epoch
     c.train.checkpoint_every_steps = 50  # plus at every evaluation and at the end
     c.train.max_to_keep = 2

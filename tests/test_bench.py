@@ -55,6 +55,18 @@ def test_bench_compare_reports_ratios_to_lora():
     assert recs[1]["cpu_matmul"] in ("xla", "onednn")
 
 
+def test_bench_compare_runs_the_baselines_through_their_method_hooks():
+    recs = run_bench("--backbone=gpt2-tiny", "--compare", "--methods_to_compare=lora,milora,alora",
+                     "--rounds=1", "--steps_per_round=1", "--eval_steps=0")
+    summary, by = recs[-1], {r["method"]: r for r in recs[:-1]}
+    assert list(summary["relative_step_time"]) == ["lora", "milora", "alora"]
+    assert all(v > 0 for v in summary["relative_step_time"].values())
+    # ALoRA reports LoRA at r_init (its active budget); MiLoRA an expert on each of the 4 modules + routers
+    assert by["alora"]["trainable_params"] == by["lora"]["trainable_params"]
+    assert by["milora"]["trainable_params"] > 3 * by["lora"]["trainable_params"]
+    assert by["milora"]["flops_per_step"] > by["lora"]["flops_per_step"]
+
+
 def test_step_flops_by_hand():
     cfg = get_backbone_config("gpt2-tiny")   # d 64, 2 layers, 4 heads, ffn 256
     b, n, r = 8, 128, 8

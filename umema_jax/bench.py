@@ -2,7 +2,7 @@
 
     python -m umema_jax.bench                       # GPT-2 small, LoRA, seq 128, batch 8, fp32
     python -m umema_jax.bench --method=lora,full --seq_len=512
-    python -m umema_jax.bench --compare             # lora, lora+um, lora+ema, full, alternated
+    python -m umema_jax.bench --compare             # every registered method (umema_jax/methods), alternated
     python -m umema_jax.bench --backbone=smollm2-135m --compare
     python -m umema_jax.bench --compare --methods_to_compare=lora/xla,lora/onednn   # matmul paths
 
@@ -10,7 +10,9 @@ What is timed is exactly what `train/loop.py` runs: `train/step.py`'s
 `make_train_step` jitted by `jit_train_step` (forward, masked cross-entropy,
 gradients w.r.t. the trainable sub-tree, global-norm clipping, AdamW, the EMA
 bank update carried in the state, donation of the state) and the eval step,
-on the model of `umema_jax/model.py`, after compilation and warm-up, on a fixed
+on the model, partition, optimizer and carried state of the method's hooks
+(`umema_jax/methods`, as `train/build.py` and the loop use them; no host-side
+controller runs), after compilation and warm-up, on a fixed
 random batch (no padding). Weights are random for a named config
 (`--weights=random`, default) or loaded with `--weights=load`.
 
@@ -43,7 +45,8 @@ _BACKBONE = flags.DEFINE_string("backbone", "gpt2", "Named config (random weight
                                 "a checkpoint name/path for umema_jax.weights.load.")
 _WEIGHTS = flags.DEFINE_enum("weights", "random", ["random", "load"], "Random weights or a real checkpoint.")
 _TASK = flags.DEFINE_enum("task", "cls", ["cls", "ner"], "Task type (head on the pooled token / every token).")
-_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated methods: lora, lora+um, lora+ema, full.")
+_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated methods (model.method values: lora, lora+um, "
+                              "lora+ema, full, milora, alora, ...).")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -68,9 +71,10 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per configuration.")
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps", 10, "Timed eval steps (0 = skip the eval step).")
 _COMPARE = flags.DEFINE_bool("compare", False, "Alternate --methods_to_compare in one process; print ratios.")
-_COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "lora,lora+um,lora+ema,full",
-                                       "Methods for --compare (the first is the baseline); `method/xla`, "
-                                       "`method/onednn` set model.cpu_matmul per entry (matmul paths alternated).")
+_COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "",
+                                       "Methods for --compare (the first is the baseline); '' = every registered "
+                                       "method, lora first; `method/xla`, `method/onednn` set model.cpu_matmul per "
+                                       "entry (matmul paths alternated).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "--compare: round-robin rounds.")
 _STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "--compare: timed train steps per method per round.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak device TFLOP/s for the MFU (0 = known GPUs only).")
@@ -79,7 +83,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for weights and the random batch."
 _OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 _TAG = flags.DEFINE_string("tag", "", "Free-form label copied into every record.")
 
-METHODS = ("lora", "lora+um", "lora+ema", "full")
 
 # Dense peak TFLOP/s by device kind substring and compute dtype (fp32 on GPUs = TF32 tensor cores,
 # JAX's default matmul precision there).
@@ -164,6 +167,19 @@ def _stats(times: list[float]) -> dict:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
+def method_config(method: str):
+    """The root config a method is instantiated with: the defaults of `configs/common.py` (its
+    `methods.<name>` section) plus this benchmark's flags and optimizer settings."""
+    from configs.common import base_config
+    c = base_config()
+    c.model.name, c.model.method = _BACKBONE.value, method
+    c.model.lora.rank, c.model.lora.alpha = _RANK.value, _ALPHA.value
+    c.model.lora.dropout, c.model.lora.target_regex = _LORA_DROPOUT.value, _TARGET.value
+    c.train.trainable_regex, c.train.grad_accum_steps = _TRAINABLE.value, _GRAD_ACCUM.value
+    c.optim.learning_rate, c.optim.warmup_ratio = 1e-4, 0.0
+    return c
+
+
 def model_view(method: str, cpu_matmul: str = ""):
     """The root-config view that `umema_jax.model.make_model` reads (`cpu_matmul` '' = --cpu_matmul)."""
     lora = dict(rank=_RANK.value, alpha=_ALPHA.value, dropout=_LORA_DROPOUT.value, target_regex=_TARGET.value)
@@ -194,27 +210,28 @@ class Runner:
     def __init__(self, method: str, mesh, shared: dict):
         import jax
         import jax.numpy as jnp
-        from umema_jax.model import init_variables, make_model
+        from umema_jax import methods
+        from umema_jax.model import init_variables
         from umema_jax.train import sharding as shd
-        from umema_jax.train.state import cast_tree, count_params, create_train_state, make_optimizer, split_params
+        from umema_jax.train.state import cast_tree, count_params, create_train_state
         from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
         self.label = method                            # "lora" or, to compare matmul paths, "lora/xla"
         self.method, _, matmul = method.partition("/")
+        impl = methods.from_config(method_config(self.method))
         backbone_cfg, weights = shared["backbone"]
-        model = make_model(model_view(self.method, matmul), backbone_cfg)
+        model = impl.make_model(model_view(self.method, matmul), backbone_cfg)
         self.cpu_matmul = model.cpu_matmul
+        self.lora_cfg = model.lora_cfg
         variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
         params = dict(variables["params"])
         if weights is not None:
             params["backbone"] = jax.tree.map(jnp.asarray, weights)
-        trained, frozen = split_params(params, _TRAINABLE.value)
+        trained, frozen = impl.split(params)
         del params, variables["params"]
         frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
         trainable = {"lora": variables.get("lora", {}), "params": trained}
-        optim = types.SimpleNamespace(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9,
-                                      b2=0.999, eps=1e-8, grad_clip_norm=1.0)
-        tx, schedule = make_optimizer(optim, 1_000_000)
+        tx, schedule = impl.optimizer(1_000_000)
         rules = shd.FSDP_RULE_SETS["default"]
         frozen_sh = shd.named(mesh, shd.tree_specs(frozen, rules, mesh))
         # Every method has the same frozen backbone (same seed): share one copy across runners.
@@ -225,16 +242,16 @@ class Runner:
             frozen = jax.device_put(frozen, frozen_sh)
             shared.update(frozen_key=key, frozen=frozen)
         self.frozen = frozen
-        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value)
+        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value, impl)
         state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
         self.state = jax.device_put(state, state_sh)
         self.batch = shd.put_batch(shared["batch"], mesh)
-        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value),
+        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, method=impl),
                                   state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
         # Exactly as train/loop.py builds them.
-        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value), state_sh, frozen_sh, shd.batch_sharding(mesh),
-                                shd.replicated(mesh))
-        self.trainable_params = count_params(trainable)
+        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value, method=impl), state_sh, frozen_sh,
+                                shd.batch_sharding(mesh), shd.replicated(mesh))
+        self.trainable_params = impl.count_trainable(trainable)
         self.total_params = count_params(trainable) + count_params(frozen)
 
         t0 = time.perf_counter()
@@ -280,13 +297,15 @@ class Runner:
             self.eval_times.append(time.perf_counter() - t0)
 
     def record(self, shared: dict, devices) -> dict:
-        from umema_jax.adapters.lora import LoraConfig
         cfg = shared["backbone"][0]
         tokens = _BATCH.value * _SEQ.value
         st = _stats(self.times)
-        lcfg = LoraConfig(rank=_RANK.value, alpha=_ALPHA.value, target_regex=_TARGET.value or None)
-        fl = step_flops(cfg, seq_len=_SEQ.value, batch=_BATCH.value, lora_rank=_RANK.value,
-                        lora_regex=lcfg.regex(cfg.arch), task=_TASK.value, num_labels=_NUM_LABELS.value,
+        lcfg = self.lora_cfg
+        # The model's own LoRA (a method may set rank and targets: ALoRA's r_cap slots, MiLoRA's experts on
+        # every module, computed densely); step_flops names modules without their block scope.
+        lora_regex = "" if lcfg is None else (".*" if lcfg.route_top_k else lcfg.regex(cfg.arch))
+        fl = step_flops(cfg, seq_len=_SEQ.value, batch=_BATCH.value, lora_rank=lcfg.rank if lcfg else 0,
+                        lora_regex=lora_regex or "$^", task=_TASK.value, num_labels=_NUM_LABELS.value,
                         full_finetune=_TRAINABLE.value in (".*", "^.*$", ""))
         peak = peak_flops(devices[0], _DTYPE.value, _PEAK_TFLOPS.value)
         rec = dict(
@@ -328,13 +347,16 @@ def emit(rec: dict) -> None:
 
 
 def _parse_methods(spec: str) -> list[str]:
-    """Comma-separated `method` or `method/cpu_matmul` (e.g. `lora/xla,lora/onednn`: matmul paths alternated)."""
+    """Comma-separated `method` or `method/cpu_matmul` (e.g. `lora/xla,lora/onednn`: matmul paths
+    alternated); '' = every registered method, lora first."""
+    from umema_jax import methods as registry
     from umema_jax.kernels.cpu_gemm import CHOICES
-    methods = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in methods if m.partition("/")[0] not in METHODS or
+    known = registry.names()
+    methods = [m.strip() for m in spec.split(",") if m.strip()] or list(known)
+    bad = [m for m in methods if m.partition("/")[0] not in known or
            (m.partition("/")[1] and m.partition("/")[2] not in CHOICES)]
-    if bad or not methods:
-        raise app.UsageError(f"unknown method(s) {bad}; choose from {METHODS}, optionally /{'|'.join(CHOICES)}")
+    if bad:
+        raise app.UsageError(f"unknown method(s) {bad}; choose from {known}, optionally /{'|'.join(CHOICES)}")
     return methods
 
 

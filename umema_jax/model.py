@@ -1,11 +1,12 @@
 """UmemaModel: frozen backbone + LoRA + UM + EMA + task head (docs/CONTRACTS.md, METHOD.md).
 
-One config key (`method`) selects the ablation:
+`method` names a registered training method (umema_jax/methods, docs/METHODS.md);
+the model reads only its `use_um` / `use_ema` flags. The paper's variants:
   lora      backbone+LoRA, pooled summary, head
   lora+um   + UM branch (confidence-weighted summary, calibration temperature T)
   lora+ema  + EMA bank (ū = 0, M_U left out of the query), T = 1
   full      LoRA + UM + EMA (the paper's method; not full fine-tuning, which is
-            `train.trainable_regex='.*'`)
+            the `full_ft` method: no adapter, every weight trained)
 
 Variables: `params` {backbone, head, um, ema}, `lora` {backbone: <init_lora tree>},
 `memory` {keys [J,d], values [J,d], pointer [], filled []} (EMA variants only).
@@ -31,7 +32,10 @@ from umema_jax.memory.bank import confidence_weighted_moments, write_moments
 from umema_jax.memory.fusion import EMAConfig, MemoryFusion
 from umema_jax.uncertainty.um import UMConfig, UncertaintyModule, last_valid_token, masked_mean
 
-METHODS = {"lora": (False, False), "lora+um": (True, False), "lora+ema": (False, True), "full": (True, True)}
+from umema_jax import methods as _methods
+
+# name -> (use_um, use_ema) for every registered method
+METHODS = {name: (cls.use_um, cls.use_ema) for name, cls in _methods.REGISTRY.items()}
 TASK_TYPES = ("cls", "ner")
 POOLINGS = ("last", "mean")
 
@@ -49,8 +53,9 @@ class ModelOutput:
     # Training-only internals ({} unless train=True): the head's input `features`,
     # `memory_embedding` M_U, and with EMA the bank-write sums
     # `memory_entry_numer` [d] / `memory_entry_denom` [] (train/step.py adds them
-    # over micro-batches and writes once) and `memory_update_ratio`. Used for
-    # telemetry (train/telemetry.py), never exported with predictions.
+    # over micro-batches and writes once) and `memory_update_ratio`; with routed
+    # LoRA (MiLoRA) `router_gates/probs/selected` [L,B,M]. Used for telemetry
+    # (train/telemetry.py) and methods' aux losses, never exported with predictions.
     internals: dict = struct.field(default_factory=dict)
 
 
@@ -101,8 +106,9 @@ class UmemaModel(nn.Module):
             self.bank_values = self.variable("memory", "values", lambda: xavier(self.make_rng("params"), shape))
             self.bank_pointer = self.variable("memory", "pointer", lambda: jnp.zeros((), jnp.int32))
             self.bank_filled = self.variable("memory", "filled", lambda: jnp.zeros((), jnp.int32))
+        # dtype None: computed in the input's (fp32 here; fp64 in x64 gradient tests)
         self.head = nn.Dense(self.num_labels, kernel_init=nn.initializers.normal(0.02),
-                             dtype=jnp.float32, param_dtype=jnp.float32)
+                             dtype=None, param_dtype=jnp.float32)
 
     def __call__(self, batch: Mapping[str, Any], train: bool = False, write_memory: bool = True) -> ModelOutput:
         use_um, use_ema = method_flags(self.method)
@@ -120,7 +126,8 @@ class UmemaModel(nn.Module):
 
         out = self.backbone(input_ids, mask, deterministic=not train, output_hidden_states=use_um,
                             compute_logits=False)
-        hidden = out.last_hidden_state.astype(jnp.float32)
+        hidden = out.last_hidden_state
+        hidden = hidden.astype(jnp.promote_types(hidden.dtype, jnp.float32))   # fp32 (fp64 in x64 tests)
         aux: dict = {}
 
         if use_um:
@@ -165,6 +172,8 @@ class UmemaModel(nn.Module):
                     self.bank_filled.value = new_bank["filled"]
         if train:
             internals["features"] = rep
+            if out.routing is not None:      # MiLoRA: [L,B,M] per block, for the balance loss and usage
+                internals.update({f"router_{k}": v for k, v in out.routing.items()})
             if m_u is not None:
                 internals["memory_embedding"] = m_u
 

@@ -95,9 +95,9 @@ def test_grad_accumulation_in_the_loop_matches_one_big_batch(tmp_path, monkeypat
     built = []
     real_make = loop_module.make_train_step
 
-    def spy(model, tx, schedule, task_type, grad_accum_steps=1):
+    def spy(model, tx, schedule, task_type, grad_accum_steps=1, **kwargs):
         built.append(grad_accum_steps)
-        return real_make(model, tx, schedule, task_type, grad_accum_steps)
+        return real_make(model, tx, schedule, task_type, grad_accum_steps, **kwargs)
 
     monkeypatch.setattr(loop_module, "make_train_step", spy)
     runs = {}

@@ -35,6 +35,7 @@ class LoraConfig:
     alpha: float | None = None
     dropout: float = 0.0
     target_regex: str | None = None     # searched in kernel module paths; None -> arch default
+    route_top_k: int = 0                # > 0: MiLoRA, every block's LoRA modules are experts, K run per example
 
     def __post_init__(self):
         if int(self.rank) <= 0:
@@ -91,7 +92,35 @@ def init_lora(rng, backbone_params, cfg: LoraConfig, arch: str) -> dict:
         key = jax.random.fold_in(rng, i)
         out[mod + ("lora_a",)] = jax.random.uniform(key, lead + (fan_in, cfg.rank), jnp.float32, -bound, bound)
         out[mod + ("lora_b",)] = jnp.zeros(lead + (cfg.rank, fan_out), jnp.float32)
+    if cfg.route_top_k:
+        out.update(init_routers(jax.random.fold_in(rng, len(out)), backbone_params, cfg, arch))
     return _unflatten(out)
+
+
+def experts(arch: str) -> tuple:
+    """A block's linear modules (paths inside the block), in the order of a router's expert axis."""
+    from umema_jax.backbones import gpt2, llama
+    return {"gpt2": gpt2.EXPERTS, "llama": llama.EXPERTS}[arch]
+
+
+def init_routers(rng, backbone_params, cfg: LoraConfig, arch: str) -> dict:
+    """MiLoRA routers `<blocks>/router/kernel [L, d, M]` ~ N(0, 0.02), one per block; every linear module of
+    the block must carry a LoRA expert (the target regex must select them all)."""
+    targets = {"/".join(m) for m in target_modules(backbone_params, cfg, arch)}
+    scopes = sorted({t.split("/")[0] for t in targets})
+    out = {}
+    for scope in scopes:
+        missing = [e for e in experts(arch) if f"{scope}/{e}" not in targets]
+        if missing:
+            raise ValueError(f"LoRA routing needs an expert on every linear module of a block; "
+                             f"target regex {cfg.regex(arch)!r} leaves out {', '.join(missing)}")
+        if cfg.route_top_k > len(experts(arch)):
+            raise ValueError(f"route_top_k={cfg.route_top_k}: more than the {len(experts(arch))} experts of a "
+                             f"{arch} block")
+        kernel = _flatten(backbone_params)[(scope,) + tuple(experts(arch)[0].split("/")) + ("kernel",)]
+        shape = (kernel.shape[0], kernel.shape[-2], len(experts(arch)))
+        out[(scope, "router", "kernel")] = 0.02 * jax.random.normal(rng, shape, jnp.float32)
+    return out
 
 
 def merge_lora(params, lora, cfg: LoraConfig) -> dict:

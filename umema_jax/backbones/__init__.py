@@ -15,7 +15,8 @@ __all__ = ["BackboneConfig", "BackboneOutput", "NAMED_CONFIGS", "build_backbone"
 
 
 def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: bool = False, matmul: str = "xla"):
-    """The backbone module for `cfg`; with a `LoraConfig`, its Dense layers read the `lora` collection.
+    """The backbone module for `cfg`; with a `LoraConfig`, its Dense layers read the `lora` collection
+    (and, with `route_top_k` > 0, every block routes over its LoRA experts: MiLoRA).
 
     `remat=True` rematerialises each scanned layer in the backward pass (activation memory ~ one layer).
     `matmul` ('xla' | 'onednn') is how the per-layer Dense products run (`kernels.cpu_gemm.resolve`)."""
@@ -24,7 +25,9 @@ def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: 
     cls = {"gpt2": GPT2Backbone, "llama": LlamaBackbone}[cfg.arch]
     scale = None if lora is None else float(lora.alpha) / float(lora.rank)
     dropout = 0.0 if lora is None else float(lora.dropout)
-    return cls(cfg=cfg, dtype=dtype, lora_scale=scale, lora_dropout=dropout, remat=remat, matmul=matmul)
+    route = 0 if lora is None else int(lora.route_top_k)
+    return cls(cfg=cfg, dtype=dtype, lora_scale=scale, lora_dropout=dropout, remat=remat, matmul=matmul,
+               route_top_k=route)
 
 
 def init_backbone_params(cfg: BackboneConfig, rng, seq_len: int = 8):

@@ -7,9 +7,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
-from umema_jax.backbones.layers import (Dense, LayerNorm, attention, attention_mask_4d, gelu_tanh,
-                                        positions_from_mask)
+from umema_jax.backbones.layers import (Dense, LayerNorm, Router, attention, attention_mask_4d, gelu_tanh,
+                                        last_token_index, positions_from_mask)
 from umema_jax.backbones.output import BackboneOutput
+
+# Every linear module of a block, in the order of a router's expert axis (MiLoRA).
+EXPERTS = ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")
 
 
 class GPT2Attention(nn.Module):
@@ -37,7 +40,10 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    """Pre-LN transformer block; a scan body: (h, mask) -> (h, h or None)."""
+    """Pre-LN transformer block; a scan body: (h, mask, last_idx) -> (h, (h or None, routing or None)).
+
+    With `route_top_k` > 0 a `Router` picks K of the block's `EXPERTS` per example from
+    the block's input at the last real token, and scales their LoRA branches."""
     cfg: BackboneConfig
     dtype: Any
     lora_scale: float | None
@@ -45,16 +51,26 @@ class GPT2Block(nn.Module):
     deterministic: bool
     collect: bool
     matmul: str
+    route_top_k: int = 0
 
     @nn.compact
-    def __call__(self, h, mask):
-        def dense(features, name):
-            return Dense(features, True, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
-                         self.matmul, name=name)
+    def __call__(self, h, mask, last_idx):
+        routing = Router(self.route_top_k, name="router")(h, last_idx) if self.route_top_k else None
+
+        def dense_in(group):
+            def dense(features, name):
+                mod = Dense(features, True, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
+                            self.matmul, name=name)
+                if routing is None:
+                    return mod
+                gate = routing["gates"][:, EXPERTS.index(f"{group}/{name}")]
+                return lambda x: mod(x, gate)
+            return dense
         eps = self.cfg.norm_eps
-        h = h + GPT2Attention(self.cfg, dense, name="attn")(LayerNorm(eps, self.dtype, name="ln_1")(h), mask)
-        h = h + GPT2MLP(self.cfg, dense, name="mlp")(LayerNorm(eps, self.dtype, name="ln_2")(h))
-        return h, (h if self.collect else None)
+        h = h + GPT2Attention(self.cfg, dense_in("attn"), name="attn")(LayerNorm(eps, self.dtype, name="ln_1")(h),
+                                                                      mask)
+        h = h + GPT2MLP(self.cfg, dense_in("mlp"), name="mlp")(LayerNorm(eps, self.dtype, name="ln_2")(h))
+        return h, (h if self.collect else None, routing)
 
 
 class GPT2Backbone(nn.Module):
@@ -64,6 +80,7 @@ class GPT2Backbone(nn.Module):
     lora_dropout: float = 0.0
     remat: bool = False            # recompute each layer in the backward pass (less activation memory)
     matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
+    route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
@@ -79,11 +96,12 @@ class GPT2Backbone(nn.Module):
         emb = wte(input_ids) + wpe(pos)
         mask = attention_mask_4d(attention_mask)
         body = nn.remat(GPT2Block, prevent_cse=False) if self.remat else GPT2Block
-        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0},
+        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0, "lora_gates": 0},
                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                          length=cfg.num_layers)
-        h, hs = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
-                       output_hidden_states, self.matmul, name="h")(emb, mask)
+        h, (hs, routing) = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
+                                  output_hidden_states, self.matmul, self.route_top_k, name="h")(
+            emb, mask, last_token_index(attention_mask))
         last = LayerNorm(cfg.norm_eps, self.dtype, name="ln_f")(h)
         logits = wte.attend(last).astype(jnp.float32) if compute_logits else None
-        return BackboneOutput(emb, hs, last, logits)
+        return BackboneOutput(emb, hs, last, logits, routing)

@@ -5,6 +5,9 @@ The Dense reads optional `lora_a [in,r]` / `lora_b [r,out]` variables from the
 `W + A B`, so a gradient taken w.r.t. the lora tree alone never produces a
 cotangent for the frozen kernel. `matmul='onednn'` sends the `x @ kernel` product
 through oneDNN (umema_jax/kernels/cpu_gemm.py; CPU only, chosen by `model.cpu_matmul`).
+Two optional gates on the LoRA branch serve the baselines: rank gates
+`lora_gates/gate [r]` (ALoRA switches ranks on and off as data, so shapes never
+change) and a per-example gate argument (MiLoRA's router).
 """
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ import numpy as np
 Dtype = Any
 
 
+def at_least_f32(dtype):
+    """fp32 for fp32/bf16 (the precision these layers compute norms and softmax in), fp64 under x64 (tests)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 class Dense(nn.Module):
     """`x @ kernel[in,out] (+ bias)` in `dtype`, plus a LoRA branch when `lora` variables exist."""
     features: int
@@ -30,7 +38,8 @@ class Dense(nn.Module):
     matmul: str = "xla"                # "xla" (jnp.dot) | "onednn" (CPU custom call), resolved by the caller
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, gate=None):
+        """`gate [B]`: per-example weight of the LoRA branch (a router's output); None = 1."""
         kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), jnp.float32)
         xc = x.astype(self.dtype)
         if self.matmul == "onednn":
@@ -51,8 +60,41 @@ class Dense(nn.Module):
             h = xc
             if self.lora_dropout > 0.0 and not self.deterministic:
                 h = nn.Dropout(self.lora_dropout)(h, deterministic=False)
-            y = y + (jnp.dot(jnp.dot(h, a), b) * jnp.asarray(self.lora_scale, self.dtype))
+            h = jnp.dot(h, a)
+            if self.has_variable("lora_gates", "gate"):          # [r] in {0, 1}
+                h = h * self.get_variable("lora_gates", "gate").astype(self.dtype)
+            if gate is not None:
+                h = h * gate.astype(self.dtype).reshape(gate.shape + (1,) * (h.ndim - gate.ndim))
+            y = y + (jnp.dot(h, b) * jnp.asarray(self.lora_scale, self.dtype))
         return y
+
+
+class Router(nn.Module):
+    """Prompt-aware router of one block (MiLoRA): which of its M LoRA experts run, per example.
+
+    Reads `lora/.../router/kernel [d, M]`; absent (model init, before the adapter
+    exists) it returns None and the experts run ungated. From the block's input
+    `h [B,n,d]` at the prompt's last real token: probs = softmax(GELU(h_last) W_r),
+    gates = probs on the top-K experts and 0 elsewhere, *not* renormalised, so
+    the chosen experts' probabilities keep a router gradient."""
+    top_k: int
+
+    @nn.compact
+    def __call__(self, h, last_idx):
+        if not self.has_variable("lora", "kernel"):
+            return None
+        kernel = self.get_variable("lora", "kernel").astype(jnp.float32)
+        h_last = jnp.take_along_axis(h, last_idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        probs = jax.nn.softmax(jnp.dot(jax.nn.gelu(h_last, approximate=False), kernel), axis=-1)
+        _, chosen = jax.lax.top_k(probs, self.top_k)
+        selected = jnp.sum(jax.nn.one_hot(chosen, probs.shape[-1], dtype=probs.dtype), axis=-2)
+        return {"gates": probs * selected, "probs": probs, "selected": selected}
+
+
+def last_token_index(attention_mask):
+    """[B] index of the last real token (right or left padding): where a prompt-level decision reads."""
+    n = attention_mask.shape[-1]
+    return jnp.max(jnp.where(attention_mask.astype(bool), jnp.arange(n)[None, :], 0), axis=-1)
 
 
 class LayerNorm(nn.Module):
@@ -65,7 +107,7 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
-        x = x.astype(jnp.float32)
+        x = x.astype(at_least_f32(x.dtype))
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         return ((x - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(self.dtype)
@@ -79,7 +121,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         w = self.param("weight", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        x = x.astype(jnp.float32)
+        x = x.astype(at_least_f32(x.dtype))
         x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.eps)
         return (w * x).astype(self.dtype)
 
@@ -120,7 +162,7 @@ def attention(q, k, v, mask, dtype):
 def _attention_probs_out(q, k, v, mask):
     """Head-major q `[B,K,G,n,hd]`, k/v `[B,K,n,hd]` -> (out `[B,K,G,n,hd]`, probs `[B,K,G,n,n]`)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=at_least_f32(q.dtype))
     logits = logits * jnp.asarray(scale, logits.dtype)
     big_neg = jnp.asarray(-0.7 * float(jnp.finfo(logits.dtype).max), logits.dtype)
     logits = jnp.where(mask[:, :, None], logits, big_neg)
@@ -140,7 +182,7 @@ def _attention_fwd(q, k, v, mask):
 
 def _attention_bwd(res, d_out):
     q, k, v, probs = res
-    f32 = jnp.float32
+    f32 = at_least_f32(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1])
     d_v = jnp.einsum("bkgqs,bkgqd->bksd", probs, d_out).astype(v.dtype)
     d_p = jnp.einsum("bkgqd,bksd->bkgqs", d_out, v, preferred_element_type=f32)
@@ -171,7 +213,7 @@ def gelu_tanh(x):
 def _gelu_tanh_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     c = math.sqrt(2.0 / math.pi)
-    xf = x.astype(jnp.float32)
+    xf = x.astype(at_least_f32(x.dtype))
     th = jnp.tanh(c * (xf + 0.044715 * xf * xf * xf))
     dy = 0.5 * (1.0 + th) + 0.5 * xf * (1.0 - th * th) * c * (1.0 + 3 * 0.044715 * xf * xf)
     return jax.nn.gelu(x, approximate=True), dy.astype(x.dtype) * t

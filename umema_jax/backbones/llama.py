@@ -8,9 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
-from umema_jax.backbones.layers import (Dense, RMSNorm, apply_rope, attention, attention_mask_4d,
-                                        positions_from_mask, rope_cos_sin, rope_inv_freq)
+from umema_jax.backbones.layers import (Dense, RMSNorm, Router, apply_rope, attention, attention_mask_4d,
+                                        last_token_index, positions_from_mask, rope_cos_sin, rope_inv_freq)
 from umema_jax.backbones.output import BackboneOutput
+
+# Every linear module of a block, in the order of a router's expert axis (MiLoRA).
+EXPERTS = ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/o_proj",
+           "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
 
 
 class LlamaAttention(nn.Module):
@@ -41,7 +45,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaBlock(nn.Module):
-    """Pre-RMSNorm block; a scan body: (h, mask, cos, sin) -> (h, h or None)."""
+    """Pre-RMSNorm block; a scan body: (h, mask, cos, sin, last_idx) -> (h, (h or None, routing or None)).
+
+    With `route_top_k` > 0 a `Router` picks K of the block's `EXPERTS` per example (as GPT2Block)."""
     cfg: BackboneConfig
     dtype: Any
     lora_scale: float | None
@@ -49,17 +55,27 @@ class LlamaBlock(nn.Module):
     deterministic: bool
     collect: bool
     matmul: str
+    route_top_k: int = 0
 
     @nn.compact
-    def __call__(self, h, mask, cos, sin):
-        def dense(features, name):
-            return Dense(features, False, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
-                         self.matmul, name=name)
+    def __call__(self, h, mask, cos, sin, last_idx):
+        routing = Router(self.route_top_k, name="router")(h, last_idx) if self.route_top_k else None
+
+        def dense_in(group):
+            def dense(features, name):
+                mod = Dense(features, False, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
+                            self.matmul, name=name)
+                if routing is None:
+                    return mod
+                gate = routing["gates"][:, EXPERTS.index(f"{group}/{name}")]
+                return lambda x: mod(x, gate)
+            return dense
         eps = self.cfg.norm_eps
-        h = h + LlamaAttention(self.cfg, dense, name="self_attn")(
+        h = h + LlamaAttention(self.cfg, dense_in("self_attn"), name="self_attn")(
             RMSNorm(eps, self.dtype, name="input_layernorm")(h), mask, cos, sin)
-        h = h + LlamaMLP(self.cfg, dense, name="mlp")(RMSNorm(eps, self.dtype, name="post_attention_layernorm")(h))
-        return h, (h if self.collect else None)
+        h = h + LlamaMLP(self.cfg, dense_in("mlp"), name="mlp")(
+            RMSNorm(eps, self.dtype, name="post_attention_layernorm")(h))
+        return h, (h if self.collect else None, routing)
 
 
 class LlamaBackbone(nn.Module):
@@ -69,6 +85,7 @@ class LlamaBackbone(nn.Module):
     lora_dropout: float = 0.0
     remat: bool = False            # recompute each layer in the backward pass (less activation memory)
     matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
+    route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
@@ -83,11 +100,12 @@ class LlamaBackbone(nn.Module):
         cos, sin = rope_cos_sin(pos, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
         mask = attention_mask_4d(attention_mask)
         body = nn.remat(LlamaBlock, prevent_cse=False) if self.remat else LlamaBlock
-        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0},
+        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0, "lora_gates": 0},
                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
                          length=cfg.num_layers)
-        h, hs = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
-                       output_hidden_states, self.matmul, name="layers")(emb, mask, cos, sin)
+        h, (hs, routing) = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
+                                  output_hidden_states, self.matmul, self.route_top_k, name="layers")(
+            emb, mask, cos, sin, last_token_index(attention_mask))
         last = RMSNorm(cfg.norm_eps, self.dtype, name="norm")(h)
         logits = None
         if compute_logits:
@@ -96,4 +114,4 @@ class LlamaBackbone(nn.Module):
             else:
                 logits = Dense(cfg.vocab_size, False, self.dtype, name="lm_head")(last)
             logits = logits.astype(jnp.float32)
-        return BackboneOutput(emb, hs, last, logits)
+        return BackboneOutput(emb, hs, last, logits, routing)

@@ -9,3 +9,4 @@ class BackboneOutput(NamedTuple):
     hidden_states: Any         # [L,B,n,d] every layer's output (before the final norm), or None
     last_hidden_state: Any     # [B,n,d] after the final norm
     logits: Any                # [B,n,V] fp32, or None
+    routing: Any = None        # MiLoRA: {'gates', 'probs', 'selected'} each [L,B,M], or None

@@ -80,7 +80,10 @@ def run_time_s(spec: S.RunSpec, setup, overhead_s: float) -> float:
         return overhead_s
     n, batch, epochs = int(g("data.train_size")), int(g("train.batch_size", 16)), int(g("train.epochs", 3))
     seq = min(int(g("data.max_len", 128)), setup.tokens if setup else 48)
-    full = "full_ft" in str(g("model.method")) or str(g("train.trainable_regex", "")) in (".*",)
+    from umema_jax import methods
+    method = methods.REGISTRY.get(str(g("model.method")))
+    # full-weight methods (full FT, LISA's simple form) compute every weight gradient
+    full = (method is not None and method.family == "full_weight") or str(g("train.trainable_regex", "")) in (".*",)
     m = machine()
     steps = epochs * math.ceil(n / batch)
     t_train = steps * flops(name, batch * seq, seq, True, full) / m["train"]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from umema_jax.train.loop import Experiment
-from umema_jax.train.state import cast_tree, count_params, split_params
+from umema_jax.train.state import cast_tree, count_params
 
 DEV_SUBSAMPLE_SEED = 0   # the same dev subsample for every run seed, so early stopping compares alike
 
@@ -86,7 +86,8 @@ def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: d
 def build_experiment(config) -> Experiment:
     from umema_jax.backbones.config import get_backbone_config
     from umema_jax.data.encode import encode_splits
-    from umema_jax.model import init_variables, make_model
+    from umema_jax import methods
+    from umema_jax.model import init_variables
     from umema_jax.tokenization import load_tokenizer
 
     splits = load_splits(config)
@@ -101,33 +102,36 @@ def build_experiment(config) -> Experiment:
     if len(tokenizer) > backbone_cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but {config.model.name} embeds only "
                          f"{backbone_cfg.vocab_size}")
-    model = make_model(model_config_view(config, splits.task_type, len(splits.labels)), backbone_cfg)
+    method = methods.from_config(config)
+    model = method.make_model(model_config_view(config, splits.task_type, len(splits.labels)), backbone_cfg)
     # Loaded weights go straight in: the backbone is never randomly initialised first.
     backbone = None if weights is None else jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), weights)
     variables = init_variables(model, jax.random.PRNGKey(config.seed), backbone_params=backbone)
     params = dict(variables["params"])
-    trained, frozen = split_params(params, config.train.trainable_regex)
+    trained, frozen = method.split(params)
     frozen = cast_tree(frozen, jnp.dtype(config.model.frozen_param_dtype))
     trainable = {"lora": variables.get("lora", {}), "params": trained}
     info = {
         "task_type": splits.task_type, "labels": list(splits.labels), "backbone": backbone_cfg,
+        "method": method.describe(),
         "sizes": {s: len(encoded[s]) for s in ("train", "dev", "test")},
         "full_train_size": splits.notes.get("full_train_size"),
         "encoding": {s: encoded[s].stats() for s in ("train", "dev", "test")},
         "token_lengths": {s: _percentiles(encoded[s].lengths) for s in ("train", "dev", "test")},
-        "params": {"trainable": count_params(trainable), "frozen": count_params(frozen),
+        "params": {"trainable": method.count_trainable(trainable), "frozen": count_params(frozen),
+                   "trainable_tree": count_params(trainable),
                    "lora": count_params(trainable["lora"]),
                    **{f"params/{k}": count_params(v) for k, v in params.items()},
                    "memory_buffer": count_params(variables.get("memory", {}))},
         "ids": {s: list(encoded[s].ids) for s in ("dev", "test")},
         "examples": {s: splits.split(s) for s in ("dev", "test")},
     }
-    info["params"]["total"] = info["params"]["trainable"] + info["params"]["frozen"]
+    info["params"]["total"] = info["params"]["trainable_tree"] + info["params"]["frozen"]
     evaluate = make_evaluator(splits.task_type, list(splits.labels), encoded,
                               {s: splits.split(s) for s in ("dev", "test")})
     return Experiment(model=model, frozen=frozen, trainable=trainable,
                       memory=variables.get("memory", {}), task_type=splits.task_type,
-                      encoded=encoded, evaluate=evaluate, info=info)
+                      encoded=encoded, evaluate=evaluate, info=info, method=method)
 
 
 def _percentiles(lengths: np.ndarray) -> dict:

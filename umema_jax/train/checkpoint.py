@@ -58,14 +58,17 @@ def flatten_config(d: dict, prefix: str = "") -> dict:
 
 def config_identity(config) -> dict:
     """The flat `{'a.b': value}` keys of a config (ConfigDict, nested or flat dict) that decide results:
-    everything but `RESUME_SAFE_PREFIXES` / `RESUME_SAFE_KEYS`, with `model.lora.alpha` resolved."""
+    everything but `RESUME_SAFE_PREFIXES` / `RESUME_SAFE_KEYS` and the `methods.*` sections of methods
+    other than `model.method` (they do not decide results), with `model.lora.alpha` resolved."""
     if hasattr(config, "to_dict"):
         config = config.to_dict()
     flat = flatten_config(json.loads(json.dumps(config, default=str)))
     if "model.lora.alpha" in flat:
         from umema_jax.adapters.lora import resolve_alpha
         flat["model.lora.alpha"] = resolve_alpha(flat.get("model.lora.rank", 8), flat["model.lora.alpha"])
-    return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES) and k not in RESUME_SAFE_KEYS}
+    own = f"methods.{flat.get('model.method')}."
+    return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES) and k not in RESUME_SAFE_KEYS
+            and (not k.startswith("methods.") or k.startswith(own))}
 
 
 def config_hash(config) -> str:

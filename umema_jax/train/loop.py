@@ -24,7 +24,8 @@ from umema_jax.train import sharding as shd
 from umema_jax.train.checkpoint import Checkpoints
 from umema_jax.train.logging import make_tracker
 from umema_jax.train.progress import Progress
-from umema_jax.train.state import TrainState, create_train_state, make_optimizer
+from umema_jax import methods
+from umema_jax.train.state import TrainState, create_train_state
 from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX
 from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
@@ -55,6 +56,7 @@ class Experiment:
     encoded: dict                    # split name -> EncodedDataset
     evaluate: Callable[[str, dict], dict]   # (split, predictions) -> metrics; must hold `primary`
     info: dict = dataclasses.field(default_factory=dict)
+    method: Any = None               # umema_jax.methods.Method; None = the config's `model.method`
 
 
 @dataclasses.dataclass
@@ -169,23 +171,36 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
     spe = batches.steps_per_epoch
     total_steps = spe * tcfg.epochs if tcfg.max_steps < 0 else min(tcfg.max_steps, spe * tcfg.epochs)
     eval_every = tcfg.eval_every_steps or spe
-    tx, schedule = make_optimizer(config.optim, total_steps)
+    method = exp.method if exp.method is not None else methods.from_config(config)
+    tx, schedule = method.optimizer(total_steps)
 
     # Placement: frozen backbone by the FSDP rules, everything else replicated.
     rules = shd.FSDP_RULE_SETS[config.mesh.fsdp_rules]
     frozen_sh = shd.named(mesh, shd.tree_specs(exp.frozen, rules, mesh))
     frozen = jax.device_put(exp.frozen, frozen_sh)
-    state = create_train_state(exp.trainable, exp.memory, tx, config.seed)
+    state = create_train_state(exp.trainable, exp.memory, tx, config.seed, method)
     state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
     state = jax.device_put(state, state_sh)
-    train_fn = jit_train_step(make_train_step(exp.model, tx, schedule, exp.task_type, tcfg.grad_accum_steps),
-                              state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
-    eval_fn = jit_eval_step(make_eval_step(exp.model, exp.task_type), state_sh, frozen_sh,
+    train_fn = jit_train_step(make_train_step(exp.model, tx, schedule, exp.task_type, tcfg.grad_accum_steps,
+                                              method=method), state_sh, frozen_sh, shd.batch_sharding(mesh),
+                              shd.replicated(mesh))
+    eval_fn = jit_eval_step(make_eval_step(exp.model, exp.task_type, method), state_sh, frozen_sh,
                             shd.batch_sharding(mesh), shd.replicated(mesh))
+    controller = method.controller(total_steps, spe)
+
+    def host_hook(result) -> None:
+        """Takes a controller hook's (state, frozen); a replaced state goes back onto the state's shardings."""
+        nonlocal state, frozen
+        new_state, new_frozen = result
+        if new_state is not state:
+            state = jax.device_put(new_state, state_sh)
+        if new_frozen is not frozen:
+            frozen = jax.device_put(new_frozen, frozen_sh)
+        meta["method"] = controller.state_dict()
 
     ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep, config=config)
     meta = {"epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
-            "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": []}
+            "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": [], "method": {}}
     try:
         restored = ckpt.restore_latest(state)        # CheckpointError: another config / none intact
     except BaseException:
@@ -195,8 +210,11 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
     if restored is not None:
         state, meta = restored
         resume_step = int(state.step)
+        controller.load_state_dict(meta.get("method") or {})
+        host_hook(controller.after_restore(state, frozen))
     ckpt.discard_after(resume_step)
     tracker = make_tracker(workdir, tensorboard=config.output.tensorboard, resume_step=resume_step)
+    controller.log = lambda at, scalars: tracker.log(at, "method", scalars)
     start = int(jax.device_get(state.step))
     bar = Progress(total_steps, initial=start, desc="train", enabled=config.output.progress_bar)
     if restored is not None:
@@ -232,8 +250,8 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
                                     f"grad_norm={float(m['grad_norm'])})")   # + what is on disk: below
             for k in ("loss", "grad_norm", "learning_rate", "tokens"):
                 window.setdefault(k, []).append(float(m[k]))
-            for k in m:                      # UM/EMA telemetry (train/telemetry.py), averaged over the window
-                if k.startswith(TELEMETRY_PREFIX):
+            for k in m:        # UM/EMA telemetry (train/telemetry.py) and method metrics, averaged over the window
+                if k.startswith((TELEMETRY_PREFIX, methods.METRIC_PREFIX)):
                     window.setdefault(k, []).append(float(m[k]))
             bar.update(1, tokens=int(m["tokens"]), loss=float(m["loss"]))
             if step % tcfg.log_every_steps == 0 or step == total_steps:
@@ -255,6 +273,7 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
         with _Signals() as signals:
             if step < total_steps and not meta["stopped_early"]:
                 for epoch, k, batch in batches.iterate(meta["epoch"], meta["step_in_epoch"], tcfg.epochs):
+                    host_hook(controller.before_step(step, state, frozen))
                     state, m = train_fn(state, frozen, _device_batch(batch, mesh))
                     step += 1
                     pending.append((step, m))
@@ -264,6 +283,7 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
                         drain()
                         meta["epoch_times"].append(time.perf_counter() - epoch_clock)
                         epoch_clock = time.perf_counter()
+                        host_hook(controller.end_epoch(epoch, step, state, frozen))
                     at_eval = step % eval_every == 0 or step == total_steps
                     if at_eval:
                         drain()
@@ -300,6 +320,9 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
     # Final numbers come from the best checkpoint as stored on disk (same path for resumed runs).
     best = ckpt.restore_best(state)
     best_state, best_meta = best if best is not None else (state, meta)
+    if best is not None:
+        controller.load_state_dict(best_meta.get("method") or {})
+        best_state, frozen = controller.after_restore(best_state, frozen)
     results, predictions = {}, {}
     for split in ("dev", "test"):
         preds = predict(eval_fn, best_state, frozen, exp.encoded[split], tcfg.eval_batch_size,

@@ -1,4 +1,4 @@
-"""Per-device memory of a LoRA setup from shapes alone (`jax.eval_shape`: no weights are materialised).
+"""Per-device memory of a training setup (any `model.method`) from shapes alone (`jax.eval_shape`: no weights are materialised).
 
     python -m umema_jax.train.memory_estimate [--model llama3-8b] [--method lora] [--devices 2]
         [--compile --batch 8 --seq 512]
@@ -34,10 +34,11 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
     from configs.common import base_config
     from umema_jax.adapters.lora import init_lora
     from umema_jax.backbones.config import get_backbone_config
-    from umema_jax.model import dummy_batch, make_model
+    from umema_jax.model import dummy_batch
     from umema_jax.train import sharding as shd
     from umema_jax.train.build import model_config_view
-    from umema_jax.train.state import create_train_state, make_optimizer, split_params
+    from umema_jax import methods
+    from umema_jax.train.state import create_train_state
     from umema_jax.train.step import make_train_step
 
     config = base_config()
@@ -46,18 +47,20 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
     config.model.dtype = "bfloat16"
     config.model.remat = remat
     backbone_cfg = get_backbone_config(model_name)
-    model = make_model(model_config_view(config, "cls", num_labels), backbone_cfg)
+    meth = methods.from_config(config)
+    model = meth.make_model(model_config_view(config, "cls", num_labels), backbone_cfg)
     variables = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, dummy_batch((1, 4)), train=False),
                                jax.random.PRNGKey(0))
     params = variables["params"]
-    lora = jax.eval_shape(lambda r, p: {"backbone": init_lora(r, p, model.lora_cfg, backbone_cfg.arch)},
-                          jax.random.PRNGKey(1), params["backbone"])
-    trained, frozen = split_params(dict(params), config.train.trainable_regex)
+    lora = {} if model.lora_cfg is None else jax.eval_shape(
+        lambda r, p: {"backbone": init_lora(r, p, model.lora_cfg, backbone_cfg.arch)},
+        jax.random.PRNGKey(1), params["backbone"])
+    trained, frozen = meth.split(dict(params))
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), frozen)
     trainable = {"lora": lora, "params": trained}
     memory = variables.get("memory", {})
-    tx, schedule = make_optimizer(config.optim, 1000)
-    state = jax.eval_shape(lambda t, m: create_train_state(t, m, tx, 0), trainable, memory)
+    tx, schedule = meth.optimizer(1000)
+    state = jax.eval_shape(lambda t, m: create_train_state(t, m, tx, 0, meth), trainable, memory)
 
     mesh = shd.make_mesh(1, devices, devices=jax.devices()[:devices])
     frozen_sh = shd.named(mesh, shd.tree_specs(frozen, shd.DEFAULT_FSDP_RULES, mesh))
@@ -66,18 +69,19 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
     gib = 2.0 ** 30
     rows = {
         "frozen backbone (bf16, FSDP over `model`)": shd.bytes_per_device(frozen, frozen_sh),
-        "trainable: LoRA + head (fp32, replicated)": shd.bytes_per_device(trainable, rep(trainable)),
-        "gradients (fp32, transient)": shd.bytes_per_device(trainable, rep(trainable)),
+        "trainable (replicated)": shd.bytes_per_device(trainable, rep(trainable)),
+        "gradients (transient)": shd.bytes_per_device(trainable, rep(trainable)),
         "AdamW moments (fp32)": shd.bytes_per_device(state.opt_state, rep(state.opt_state)),
         "memory bank (fp32)": shd.bytes_per_device(memory, rep(memory)),
     }
     report = {"model": model_name, "method": method, "lora_rank": rank, "devices": devices,
-              "mesh": dict(mesh.shape), "params_frozen": count(frozen), "params_trainable": count(trainable),
+              "mesh": dict(mesh.shape), "params_frozen": count(frozen),
+              "params_trainable": meth.count_trainable(trainable),
               "per_device_bytes": rows, "per_device_total_gib": sum(rows.values()) / gib,
               "frozen_total_gib_unsharded": count(frozen) * 2 / gib}
     if compile_step:
         state_sh = rep(state)
-        step = jax.jit(make_train_step(model, tx, schedule, "cls"),
+        step = jax.jit(make_train_step(model, tx, schedule, "cls", method=meth),
                        in_shardings=(state_sh, frozen_sh, shd.batch_sharding(mesh)),
                        out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
         b = {k: jax.ShapeDtypeStruct((batch,) + v.shape[1:], v.dtype) for k, v in
@@ -116,7 +120,7 @@ def format_report(r: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama3-8b")
-    parser.add_argument("--method", default="lora", choices=["lora", "lora+um", "lora+ema", "full"])
+    parser.add_argument("--method", default="lora", help="any registered model.method (umema_jax/methods)")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="also compile the train step (slow on CPU)")

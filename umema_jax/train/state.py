@@ -23,6 +23,7 @@ class TrainState:
     opt_state: Any
     memory: dict             # the model's `memory` collection (EMA bank); {} when absent
     rng: jax.Array           # uint32 [2]; per-step keys are fold_in(rng, step)
+    extra: dict = flax.struct.field(default_factory=dict)   # the method's carried arrays (methods/base.py)
 
 
 def split_params(params: dict, trainable_regex: str) -> tuple[dict, dict]:
@@ -64,21 +65,40 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -
 
 
 def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Global-norm clipping then AdamW; weight decay on matrices only (not biases/norms/vectors)."""
+    """Global-norm clipping then AdamW; weight decay on matrices only (not biases/norms/vectors, `decays`)."""
     schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_ratio)
-    decay_mask = lambda tree: jax.tree.map(lambda x: x.ndim >= 2, tree)
-    tx = optax.chain(
-        optax.clip_by_global_norm(optim_cfg.grad_clip_norm),
-        optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                    weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+    tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw(optim_cfg, schedule))
     return tx, schedule
 
 
+BLOCK_SCOPES = ("h", "layers")   # the backbone's scanned blocks (GPT-2, LLaMA): leaves carry a leading [L] axis
+
+
+def is_block_leaf(path) -> bool:
+    """True for a leaf of the scanned blocks: `(…, 'backbone', 'h' | 'layers', …)` (params or lora trees)."""
+    keys = [str(getattr(k, "key", k)) for k in path]
+    return any(a == "backbone" and b in BLOCK_SCOPES for a, b in zip(keys, keys[1:]))
+
+
+def decays(path, x) -> bool:
+    """Weight decay on matrices only: ndim >= 2 per layer (a block's stacked bias [L, d] is a vector)."""
+    return x.ndim - (1 if is_block_leaf(path) else 0) >= 2
+
+
+def adamw(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """The project's AdamW (decay on matrices only, `decays`); methods that group parameters reuse it per group."""
+    decay_mask = lambda tree: jax.tree_util.tree_map_with_path(decays, tree)
+    return optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                       weight_decay=optim_cfg.weight_decay, mask=decay_mask)
+
+
 def create_train_state(trainable: dict, memory: dict, tx: optax.GradientTransformation,
-                       seed: int) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                      opt_state=tx.init(trainable), memory=memory,
-                      rng=jax.random.PRNGKey(seed ^ 0x5EED))
+                       seed: int, method=None) -> TrainState:
+    """`method` (methods/base.py) supplies the optimizer state's init and the carried `extra`; None = plain."""
+    opt_state = tx.init(trainable) if method is None else method.init_opt_state(tx, trainable)
+    extra = {} if method is None else method.init_extra(trainable)
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state, memory=memory,
+                      rng=jax.random.PRNGKey(seed ^ 0x5EED), extra=extra)
 
 
 def cast_tree(tree: Any, dtype) -> Any:

@@ -21,6 +21,10 @@ the step from the same forward pass (the micro-batches' mean under A > 1).
 
 A non-finite loss or gradient leaves the state untouched (`finite=0` in the
 metrics); the loop then stops the run, so the last checkpoint stays good.
+
+What differs between training methods (variables, extra loss, gradient
+transform, the optimizer update, carried `extra`, metrics) comes from the
+`method` (umema_jax/methods/base.py); None = the default method (plain update).
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ import optax
 
 from umema_jax import runtime
 from umema_jax.memory.bank import write_moments
-from umema_jax.train.state import TrainState, merge_params
+from umema_jax.methods.base import METRIC_PREFIX, Method
+from umema_jax.train.state import TrainState
 from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX, branch_telemetry
 
 IGNORE = -100
@@ -48,44 +53,42 @@ def target_mask(batch: dict, task_type: str) -> jax.Array:
 
 def cross_entropy_sum(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
     """Sum over scored targets of -log softmax(logits)[label] (logits already divided by T)."""
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     safe = jnp.where(labels == IGNORE, 0, labels)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     return jnp.sum(nll * mask)
 
 
-def _variables(frozen: dict, trainable: dict, memory: dict) -> dict:
-    variables = {"params": merge_params(frozen, trainable.get("params", {}))}
-    if trainable.get("lora"):
-        variables["lora"] = trainable["lora"]
-    if memory:
-        variables["memory"] = memory
-    return variables
-
-
-def make_loss_fn(model, task_type: str) -> Callable:
-    """(trainable, frozen, memory, batch, rng, denom) -> (summed CE / denom, (entry sums, telemetry)).
+def make_loss_fn(model, task_type: str, method: Method | None = None) -> Callable:
+    """(trainable, frozen, memory, batch, rng, denom, extra={}) -> (summed CE / denom + the method's aux loss,
+    (entry sums, telemetry)).
 
     Differentiate arg 0. The model does not write the bank here (`write_memory=False`):
     it returns the entry's sums, and the step writes once per mini-batch.
     """
+    method = method or Method()
 
-    def loss_fn(trainable, frozen, memory, micro, rng, denom):
-        out = model.apply(_variables(frozen, trainable, memory), micro, train=True, write_memory=False,
-                          rngs={"dropout": rng})
+    def loss_fn(trainable, frozen, memory, micro, rng, denom, extra=None):
+        extra = {} if extra is None else extra
+        out = model.apply(method.model_variables(frozen, trainable, memory, extra), micro, train=True,
+                          write_memory=False, rngs={"dropout": rng})
         mask = target_mask(micro, task_type)
         loss = cross_entropy_sum(out.logits, micro["labels"], mask) / denom
         internals = out.internals or {}
         sums = {k: internals[k] for k in ("memory_entry_numer", "memory_entry_denom") if k in internals}
-        return loss, (sums, branch_telemetry(out.aux or {}, internals, micro, memory))
+        telemetry = branch_telemetry(out.aux or {}, internals, micro, memory)
+        aux, aux_metrics = method.aux_loss(out, micro, extra)
+        telemetry.update({METRIC_PREFIX + k: v for k, v in aux_metrics.items()})
+        return loss + aux, (sums, telemetry)
 
     return loss_fn
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    task_type: str, grad_accum_steps: int = 1) -> Callable:
-    """Un-jitted step; `jit_train_step` adds shardings and donation."""
-    loss_fn = make_loss_fn(model, task_type)
+                    task_type: str, grad_accum_steps: int = 1, method: Method | None = None) -> Callable:
+    """Un-jitted step; `jit_train_step` adds shardings and donation. `method`: None = the default method."""
+    method = method or Method()
+    loss_fn = make_loss_fn(model, task_type, method)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, frozen: dict, batch: dict):
@@ -93,7 +96,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         n_targets = jnp.sum(target_mask(batch, task_type))
         denom = jnp.maximum(n_targets, 1.0)
         if grad_accum_steps == 1:
-            (loss, (sums, telemetry)), grads = grad_fn(state.trainable, frozen, state.memory, batch, rng, denom)
+            (loss, (sums, telemetry)), grads = grad_fn(state.trainable, frozen, state.memory, batch, rng, denom,
+                                                       state.extra)
         else:
             A = grad_accum_steps
             # Micro-batch i = rows i, i+A, i+2A, ...: every device's contiguous shard of the
@@ -104,12 +108,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
             def body(acc, inputs):
                 mb, i = inputs
                 (l, (s, t)), g = grad_fn(state.trainable, frozen, state.memory, mb,
-                                         jax.random.fold_in(rng, i), denom)
+                                         jax.random.fold_in(rng, i), denom, state.extra)
                 return (acc[0] + l, jax.tree.map(jnp.add, acc[1], g), jax.tree.map(jnp.add, acc[2], s)), t
 
             zeros = jax.tree.map(jnp.zeros_like, state.trainable)
             sums0 = jax.eval_shape(lambda: grad_fn(state.trainable, frozen, state.memory,
-                                                   jax.tree.map(lambda x: x[0], micro), rng, denom)[0][1][0])
+                                                   jax.tree.map(lambda x: x[0], micro), rng, denom,
+                                                   state.extra)[0][1][0])
             sums0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums0)
             (loss, grads, sums), tels = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros, sums0),
                                                      (micro, jnp.arange(A)))
@@ -118,13 +123,14 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
         if sums:
             memory = write_moments(memory, sums["memory_entry_numer"], sums["memory_entry_denom"])
             telemetry[TELEMETRY_PREFIX + "memory_written_slots"] = memory["filled"].astype(jnp.float32)
+        grads = method.transform_gradients(grads, state)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
+        trainable, opt_state, extra = method.apply_gradients(tx, state, grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state,
-                            memory=memory)
+                            memory=memory, extra=extra)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        telemetry.update({METRIC_PREFIX + k: v for k, v in method.step_metrics(state, new).items()})
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "tokens": jnp.sum(batch["attention_mask"] * batch["example_mask"][:, None]),
                    "targets": n_targets, "finite": finite.astype(jnp.int32), **telemetry}
@@ -133,11 +139,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     return train_step
 
 
-def make_eval_step(model, task_type: str) -> Callable:
+def make_eval_step(model, task_type: str, method: Method | None = None) -> Callable:
     """(state, frozen, batch) -> probabilities, summed NLL, target count, aux outputs. Never writes the bank."""
+    method = method or Method()
 
     def eval_step(state: TrainState, frozen: dict, batch: dict):
-        out = model.apply(_variables(frozen, state.trainable, state.memory), batch, train=False)
+        out = model.apply(method.model_variables(frozen, state.trainable, state.memory, state.extra), batch,
+                          train=False)
         mask = target_mask(batch, task_type)
         probs = jax.nn.softmax(out.logits.astype(jnp.float32), axis=-1)
         aux = dict(out.aux or {})

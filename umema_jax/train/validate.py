@@ -5,7 +5,9 @@ import math
 import os
 import re
 
-METHODS = ("lora", "lora+um", "lora+ema", "full")
+from umema_jax import methods as _methods
+
+METHODS = _methods.names()          # every registered method (umema_jax/methods)
 POOLINGS = ("last", "mean")
 DTYPES = ("float32", "bfloat16")
 
@@ -46,6 +48,7 @@ def validate_config(c) -> None:
     _check(0.0 <= float(m.lora.dropout) < 1.0, f"model.lora.dropout={m.lora.dropout}: must be in [0, 1)")
     _regex_ok(m.lora.target_regex, "model.lora.target_regex")
     _validate_branches(m)
+    _validate_method(c)
 
     datasets = known_datasets()
     _check(d.name in datasets, f"data.name={d.name!r}: must be one of {', '.join(datasets)}")
@@ -135,6 +138,22 @@ def _validate_branches(m) -> None:
     for key in ("tau0", "retrieval_scale"):
         _check(_finite_positive(ema[key]), f"model.ema.{key}={ema[key]}: must be finite and > 0")
     _check(ema.retrieval in RETRIEVALS, f"model.ema.retrieval={ema.retrieval!r}: must be one of {', '.join(RETRIEVALS)}")
+
+
+def _validate_method(c) -> None:
+    """methods.<name>.*: present for the selected method (with its keys) and checked by its own `validate`."""
+    cls = _methods.get(c.model.method)
+    if not cls.defaults:
+        return
+    section = c.get("methods", {}).get(cls.name) if hasattr(c, "get") else None
+    _check(section is not None, f"methods.{cls.name}: missing (configs/common.py builds it from the method's defaults)")
+    unknown = sorted(set(section) - set(cls.defaults))
+    _check(not unknown, f"methods.{cls.name}.{unknown[0] if unknown else ''}: unknown key "
+                        f"(known: {', '.join(sorted(cls.defaults))})")
+    try:
+        cls.validate(section)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _regex_ok(pattern: str, key: str) -> None:

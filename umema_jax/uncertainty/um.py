@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from umema_jax.backbones.layers import last_token_index
+
 _NEG = -1e30  # additive mask value; finite so fully-masked rows never produce NaN
 
 
@@ -137,10 +139,7 @@ def temperature_input(m_u: jax.Array, kind: str) -> jax.Array:
 
 def last_valid_token(h: jax.Array, mask: jax.Array) -> jax.Array:
     """Hidden state of the last valid token, for right or left padding. h [B,n,d], mask [B,n]."""
-    n = mask.shape[-1]
-    positions = jnp.arange(n)[None, :]
-    last = jnp.max(jnp.where(mask.astype(bool), positions, 0), axis=-1)
-    return jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    return jnp.take_along_axis(h, last_token_index(mask)[:, None, None], axis=1)[:, 0]
 
 
 def confidence_weighted_mean(h: jax.Array, lam: jax.Array, q: jax.Array, mask: jax.Array) -> jax.Array:

@@ -1,0 +1,68 @@
+"""The method interface: registry ↔ config ↔ validation ↔ runner, and every new method end to end."""
+import json
+
+import pytest
+
+from configs.common import base_config
+from umema_jax import methods
+from umema_jax.experiments import profiles as P
+from umema_jax.train.checkpoint import config_identity
+from umema_jax.train.validate import ConfigError, validate_config
+
+
+def test_every_registered_method_is_selectable_and_its_hyperparameters_are_config_keys():
+    c = base_config()
+    for name, cls in methods.REGISTRY.items():
+        assert cls.name == name and cls.family in ("adapter", "full_weight")
+        if cls.defaults:
+            assert c.methods[name].to_dict() == cls.defaults
+    assert {"lora", "lora+um", "lora+ema", "full", "full_ft", "lisa"} <= set(methods.names())
+    # the runner sees LISA and full FT as implemented, in their own LR family
+    for label in ("LISA", "full FT"):
+        row = next(m for m in P.BASELINES if m.label == label)
+        name = P.method_name(row)
+        assert name is not None and methods.get(name).family == row.family == "full_weight"
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("methods.lisa.gamma", 0, "methods.lisa.gamma=0"),
+    ("methods.lisa.interval_steps", -1, "methods.lisa.interval_steps=-1"),
+])
+def test_bad_method_hyperparameters_fail_in_one_line_naming_the_key(key, value, match):
+    c = base_config()
+    c.model.init_from_scratch, c.model.name, c.model.method = True, "gpt2-tiny", "lisa"
+    section, leaf = key.rsplit(".", 1)
+    c.methods.lisa[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        validate_config(c)
+    c = base_config()
+    c.model.init_from_scratch, c.model.name, c.model.method = True, "gpt2-tiny", "full_ft"
+    c.methods.full_ft.param_dtype = "float16"
+    with pytest.raises(ConfigError, match="methods.full_ft.param_dtype='float16'"):
+        validate_config(c)
+    c.model.method = "nope"
+    with pytest.raises(ConfigError, match="model.method='nope'"):
+        validate_config(c)
+
+
+def test_only_the_selected_methods_section_decides_a_runs_identity():
+    a, b = base_config(), base_config()
+    b.methods.lisa.gamma = 8
+    assert config_identity(a) == config_identity(b)           # a lora run ignores LISA's keys
+    a.model.method = b.model.method = "lisa"
+    assert config_identity(a) != config_identity(b)
+    assert not any(k.startswith("methods.") for k in config_identity(base_config()))   # lora: as before
+
+
+def test_full_ft_trains_end_to_end_on_the_smoke_config(tmp_path):
+    from launch import run_config
+    from configs.smoke import get_config
+    config = get_config()
+    config.model.method = "full_ft"
+    config.output.tensorboard = False
+    config.train.epochs = 1
+    results = run_config(config, str(tmp_path))
+    saved = json.load(open(tmp_path / "results.json"))
+    assert saved["test"]["accuracy"] == results["test"]["accuracy"]
+    assert results["params"]["frozen"] == 0 and results["params"]["lora"] == 0
+    assert results["params"]["trainable"] == results["params"]["total"]

@@ -1,0 +1,189 @@
+"""The method interface: what a training method (LoRA, full FT, LISA, a baseline) may change.
+
+A method is one subclass of `Method` in its own module, registered with
+`@register`. The shared pipeline (`train/build.py`, `train/loop.py`,
+`train/step.py`, `bench.py`) calls these hooks and nothing else, so a new
+method never edits the pipeline. Every hook has a default that is exactly
+plain LoRA training; override only what differs. docs/METHODS.md explains each
+hook and walks through adding a method.
+
+Hook        | when                  | default
+------------|-----------------------|-----------------------------------------------
+make_model  | build, once           | `model.make_model` (+ LoRA iff `use_lora`)
+split       | build, once           | trained/frozen by `train.trainable_regex`
+optimizer   | loop start            | `train.state.make_optimizer` (clip + AdamW)
+init_extra  | loop start            | {} (arrays carried in `TrainState.extra`)
+model_variables | every step (traced) | params (frozen+trained), lora, memory
+aux_loss    | every micro-batch (traced) | none
+transform_gradients | every step (traced) | identity
+apply_gradients | every step (traced) | `tx.update` + `optax.apply_updates`
+step_metrics | every step (traced)  | {}
+controller  | loop start            | `Controller()`: host hooks that do nothing
+count_trainable | build, bench      | every trainable leaf's size
+
+Host-side hooks (`Controller`) run between jitted steps. They may replace the
+state (and `frozen`) with arrays of the same shapes and dtypes, so the train
+step never recompiles; their own bookkeeping (`state_dict`) is JSON saved in
+every checkpoint's `meta`. Anything evaluation needs must live in
+`TrainState` (arrays), because the final numbers come from the best
+checkpoint read back from disk.
+"""
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import jax
+import optax
+
+METRIC_PREFIX = "method/"       # step-metric keys a method adds; the loop averages and logs them
+
+
+class Controller:
+    """Host-side hooks between jitted steps. Subclass per method when needed.
+
+    Every hook gets and returns `(state, frozen)`; return them unchanged when
+    nothing happens. Replacements must keep every shape and dtype (no
+    recompilation); the loop re-places a replaced state on the state's shardings.
+    `step` is the number of optimizer steps already taken (0 before the first).
+    """
+
+    def __init__(self, method: "Method", total_steps: int, steps_per_epoch: int):
+        self.method = method
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        # Set by the loop: `log(step, {name: float})` writes host-side metrics under split 'method'.
+        # Log what `before_step(step)` decides under `step + 1` (the step it affects): on resume from a
+        # checkpoint at step s, records with step > s are dropped and written again, never twice.
+        self.log: Callable[[int, dict], None] = lambda step, scalars: None
+
+    def before_step(self, step: int, state, frozen):
+        """Before the step that takes the state from `step` to `step + 1` (e.g. LISA resamples at step % K == 0)."""
+        return state, frozen
+
+    def end_epoch(self, epoch: int, step: int, state, frozen):
+        """After the last step of epoch `epoch` (0-based), before that step's evaluation (e.g. pruning rounds)."""
+        return state, frozen
+
+    def after_restore(self, state, frozen):
+        """After a checkpoint was restored (resume, and the best state before final evaluation)."""
+        return state, frozen
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable host bookkeeping, saved in every checkpoint's `meta['method']`."""
+        return {}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Inverse of `state_dict`, called on resume with what the checkpoint held ({} if nothing)."""
+
+
+class Method:
+    """Default = plain LoRA (+ UM/EMA by the flags). Instantiated once per run from the root config.
+
+    Class attributes a subclass sets:
+      name      the `model.method` value that selects it
+      family    'adapter' (LR chosen on the LoRA baseline) | 'full_weight' (own LR grid), EXPERIMENTS §3
+      use_lora, use_um, use_ema   what `UmemaModel` builds
+      defaults  hyper-parameters with their BASELINES.md defaults; they become the config keys
+                `methods.<name>.<key>` (read as `self.hp.<key>`); {} = no section
+    """
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = "adapter"
+    use_lora: ClassVar[bool] = True
+    use_um: ClassVar[bool] = False
+    use_ema: ClassVar[bool] = False
+    defaults: ClassVar[dict] = {}
+
+    def __init__(self, config=None):
+        """`config`: the root ConfigDict (None only for tests that call traced hooks directly)."""
+        self.config = config
+        self.hp = config.methods[self.name] if (config is not None and self.defaults) else None
+
+    # ---------------------------------------------------------------- config
+    @classmethod
+    def validate(cls, hp) -> None:
+        """Check `methods.<name>.*` before anything is built; raise `ValueError` with one line naming the key."""
+
+    # ---------------------------------------------------------------- build
+    def make_model(self, model_config_view, backbone_cfg):
+        """The flax module (`model_config_view`: what `model.make_model` reads). Must honour the model contract
+        (docs/CONTRACTS.md): `apply(variables, batch, train=…) -> ModelOutput`."""
+        from umema_jax.model import make_model
+        model = make_model(model_config_view, backbone_cfg)
+        return model if self.use_lora else model.clone(lora_cfg=None)
+
+    @property
+    def trainable_regex(self) -> str:
+        """Params (paths like `backbone/h/attn/c_attn/kernel`) trained besides the `lora` collection."""
+        return self.config.train.trainable_regex
+
+    def split(self, params: dict) -> tuple[dict, dict]:
+        """(trained, frozen) sub-trees of the model's `params`. Frozen params get no gradient, no optimizer
+        state and are not checkpointed."""
+        from umema_jax.train.state import split_params
+        return split_params(params, self.trainable_regex)
+
+    # ---------------------------------------------------------------- optimizer and carried state
+    def optimizer(self, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        from umema_jax.train.state import make_optimizer
+        return make_optimizer(self.config.optim, total_steps)
+
+    def init_opt_state(self, tx: optax.GradientTransformation, trainable: dict):
+        return tx.init(trainable)
+
+    def init_extra(self, trainable: dict) -> dict:
+        """Arrays carried through the jitted step in `TrainState.extra` (masks, gates, counters) and
+        checkpointed with it. Never static: changing them must not recompile."""
+        return {}
+
+    # ---------------------------------------------------------------- traced, inside the train step
+    def model_variables(self, frozen: dict, trainable: dict, memory: dict, extra: dict) -> dict:
+        """The `variables` the model is applied to (train and eval)."""
+        from umema_jax.train.state import merge_params
+        variables = {"params": merge_params(frozen, trainable.get("params", {}))}
+        if trainable.get("lora"):
+            variables["lora"] = trainable["lora"]
+        if memory:
+            variables["memory"] = memory
+        return variables
+
+    def aux_loss(self, out, batch: dict, extra: dict) -> tuple[jax.Array | float, dict]:
+        """(term added to the micro-batch's loss, {metric: scalar}) — e.g. a load-balancing loss."""
+        return 0.0, {}
+
+    def transform_gradients(self, grads: dict, state) -> dict:
+        """Gradients before clipping and the optimizer (e.g. zero those of inactive layers)."""
+        return grads
+
+    def apply_gradients(self, tx: optax.GradientTransformation, state, grads: dict):
+        """-> (trainable, opt_state, extra) after one optimizer step."""
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        return optax.apply_updates(state.trainable, updates), opt_state, state.extra
+
+    def step_metrics(self, old_state, new_state) -> dict:
+        """{name: scalar} logged as `method/<name>` (averaged over the logging window)."""
+        return {}
+
+    # ---------------------------------------------------------------- host side
+    def controller(self, total_steps: int, steps_per_epoch: int) -> Controller:
+        return Controller(self, total_steps, steps_per_epoch)
+
+    def count_trainable(self, trainable: dict) -> int:
+        """Parameters one optimizer step can change (reported as "trainable"; LISA: E + H + γ blocks)."""
+        return int(sum(x.size for x in jax.tree.leaves(trainable)))
+
+    def describe(self) -> dict:
+        """Recorded in results.json / info: the method and its hyper-parameters."""
+        hp = self.hp.to_dict() if hasattr(self.hp, "to_dict") else (dict(self.hp) if self.hp else {})
+        return {"name": self.name, "family": self.family, **({"hp": hp} if hp else {})}
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: makes `model.method=<cls.name>` select `cls`."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    REGISTRY[cls.name] = cls
+    return cls
+

@@ -1,0 +1,146 @@
+"""LISA, Layerwise Importance Sampled AdamW (Pan et al. 2024; BASELINES.md §3).
+
+Embeddings, final norm and head always train; every `interval_steps` (K)
+steps `gamma` (γ) blocks are drawn uniformly without replacement from all
+blocks and train with their full weights until the next draw. Like LMFlow's
+trainer, the body's AdamW state (moments and count) restarts at each draw
+while the embedding/head state and the LR schedule continue.
+
+"Simple" implementation of BASELINES §3 (exact LISA numerics, full-FT memory):
+all blocks are in the trainable tree (scanned, `[L, …]`); the active set is
+`extra['layer_mask'] [L]`, traced data, so a new draw never recompiles.
+Inactive blocks get zero gradient (so the global-norm clip sees only active
+ones) and their parameters are *selected* back (`where`), not multiplied by a
+mask: AdamW's decoupled decay moves zero-gradient weights and `optax.masked`
+passes masked updates through, so only a select keeps them bitwise frozen.
+
+The draw of period p uses `fold_in(extra['sampler_key'], p)`, a function of
+the checkpointed state and the step, so resume repeats it exactly.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from umema_jax.methods.base import Controller, Method, register
+from umema_jax.methods.full_ft import ALL_BUT_LM_HEAD
+from umema_jax.train.state import BLOCK_SCOPES, is_block_leaf
+
+SAMPLER_TAG = 0x115A                  # separates the sampler's key from the run's other keys
+
+
+def is_body(path) -> bool:
+    """True for leaves of the scanned blocks (`params/backbone/h|layers/…`, leading axis [L])."""
+    return is_block_leaf(path)
+
+
+def sample_layers(key: jax.Array, period, num_layers: int, gamma: int) -> jax.Array:
+    """float32 [L] with exactly `gamma` ones, uniform without replacement, for draw number `period`."""
+    chosen = jax.random.permutation(jax.random.fold_in(key, period), num_layers)[:gamma]
+    return jnp.zeros((num_layers,), jnp.float32).at[chosen].set(1.0)
+
+
+def _layer_select(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)) > 0, new, old)
+
+
+def reset_adam(tree):
+    """Every `ScaleByAdamState` in `tree` back to its init (zero moments, zero count); other states kept."""
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+    return jax.tree.map(lambda s: jax.tree.map(jnp.zeros_like, s) if is_adam(s) else s, tree, is_leaf=is_adam)
+
+
+@register
+class LISA(Method):
+    name = "lisa"
+    family = "full_weight"
+    use_lora = False
+    defaults = {"gamma": 2,                # γ active blocks (paper, 7B runs)
+                "interval_steps": 20}      # K steps between draws (LMFlow `lisa_interval_steps`)
+    trainable_regex = ALL_BUT_LM_HEAD      # blocks are in the tree; the mask decides which move
+
+    @classmethod
+    def validate(cls, hp) -> None:
+        for key in ("gamma", "interval_steps"):
+            if int(hp[key]) < 1:
+                raise ValueError(f"methods.lisa.{key}={hp[key]}: must be >= 1")
+
+    def split(self, params):
+        trained, frozen = super().split(params)
+        layers = {x.shape[0] for p, x in jax.tree_util.tree_leaves_with_path({"params": trained}) if is_body(p)}
+        if len(layers) != 1:
+            raise ValueError(f"lisa: expected scanned blocks under backbone/{'|'.join(BLOCK_SCOPES)}, found {layers}")
+        self.num_layers = layers.pop()
+        if int(self.hp.gamma) > self.num_layers:
+            raise ValueError(f"methods.lisa.gamma={self.hp.gamma}: more than the {self.num_layers} blocks of "
+                             f"{self.config.model.name}")
+        return trained, frozen
+
+    def count_trainable(self, trainable):
+        body = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(trainable) if is_body(p))
+        total = sum(x.size for x in jax.tree.leaves(trainable))
+        layers = {x.shape[0] for p, x in jax.tree_util.tree_leaves_with_path(trainable) if is_body(p)}.pop()
+        return int(total - body + body * int(self.hp.gamma) // layers)
+
+    def optimizer(self, total_steps):
+        from umema_jax.train.state import adamw, learning_rate_schedule
+        o = self.config.optim
+        schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
+        labels = lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: "body" if is_body(p) else "eh", tree)
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
+                         optax.multi_transform({"eh": adamw(o, schedule), "body": adamw(o, schedule)}, labels))
+        return tx, schedule
+
+    def init_extra(self, trainable):
+        key = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), SAMPLER_TAG)
+        num_layers = {x.shape[0] for p, x in jax.tree_util.tree_leaves_with_path(trainable) if is_body(p)}.pop()
+        return {"layer_mask": sample_layers(key, 0, num_layers, int(self.hp.gamma)), "sampler_key": key}
+
+    def transform_gradients(self, grads, state):
+        mask = state.extra["layer_mask"]
+        return jax.tree_util.tree_map_with_path(
+            lambda p, g: _layer_select(mask, g, jnp.zeros_like(g)) if is_body(p) else g, grads)
+
+    def apply_gradients(self, tx, state, grads):
+        trainable, opt_state, extra = super().apply_gradients(tx, state, grads)
+        mask = state.extra["layer_mask"]
+        trainable = jax.tree_util.tree_map_with_path(
+            lambda p, new, old: _layer_select(mask, new, old) if is_body(p) else new, trainable, state.trainable)
+        return trainable, opt_state, extra
+
+    def resample(self, state, period):
+        """New draw for `period` and a fresh body AdamW state (jitted once by the controller)."""
+        clip_state, groups = state.opt_state
+        inner = dict(groups.inner_states, body=reset_adam(groups.inner_states["body"]))
+        extra = dict(state.extra, layer_mask=sample_layers(state.extra["sampler_key"], period,
+                                                          state.extra["layer_mask"].shape[0], int(self.hp.gamma)))
+        return state.replace(opt_state=(clip_state, groups._replace(inner_states=inner)), extra=extra)
+
+    def controller(self, total_steps, steps_per_epoch):
+        return LISAController(self, total_steps, steps_per_epoch)
+
+
+class LISAController(Controller):
+    """Draws a new active set at every multiple of K (step 0 included: its draw equals the initial one)."""
+
+    def __init__(self, method, total_steps, steps_per_epoch):
+        super().__init__(method, total_steps, steps_per_epoch)
+        self.interval = int(method.hp.interval_steps)
+        self._resample = jax.jit(method.resample)
+        self.period = 0
+
+    def before_step(self, step, state, frozen):
+        if step % self.interval:
+            return state, frozen
+        self.period = step // self.interval
+        state = self._resample(state, jnp.asarray(self.period, jnp.int32))
+        active = [int(i) for i in jax.device_get(jnp.nonzero(state.extra["layer_mask"])[0])]
+        self.log(step + 1, {"lisa_period": float(self.period), **{f"lisa_active_{j}": float(i) for j, i in enumerate(active)}})
+        return state, frozen
+
+    def state_dict(self):
+        return {"period": self.period}
+
+    def load_state_dict(self, d):
+        self.period = int(d.get("period", 0))

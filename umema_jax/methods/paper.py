@@ -1,0 +1,33 @@
+"""The paper's four variants (METHOD.md): LoRA, LoRA+UM, LoRA+EMA and the full method LoRA+UM+EMA.
+
+They differ only in what `UmemaModel` builds; everything else is the default
+`Method` (train LoRA + `train.trainable_regex`, one clipped AdamW).
+NB: `full` is the paper's method (LoRA + UM + EMA), not full fine-tuning (`full_ft`).
+"""
+from __future__ import annotations
+
+from umema_jax.methods.base import Method, register
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+
+
+@register
+class LoRAUM(Method):
+    name = "lora+um"
+    use_um = True
+
+
+@register
+class LoRAEMA(Method):
+    name = "lora+ema"
+    use_ema = True
+
+
+@register
+class Full(Method):
+    name = "full"
+    use_um = True
+    use_ema = True
