@@ -42,7 +42,7 @@ _BACKBONE = flags.DEFINE_string("backbone", "gpt2", "Named config (random weight
                                 "a checkpoint name/path for umema_jax.weights.load.")
 _WEIGHTS = flags.DEFINE_enum("weights", "random", ["random", "load"], "Random weights or a real checkpoint.")
 _TASK = flags.DEFINE_enum("task", "cls", ["cls", "ner"], "Task type (head on the pooled token / every token).")
-_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated methods: lora, lora+um, lora+ema, full.")
+_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated registered methods (docs/METHODS.md), e.g. lora,full.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -75,7 +75,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for weights and the random batch."
 _OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 _TAG = flags.DEFINE_string("tag", "", "Free-form label copied into every record.")
 
-METHODS = ("lora", "lora+um", "lora+ema", "full")
+from umema_jax import methods as _methods
+
+METHODS = _methods.names()           # every registered training method (docs/METHODS.md)
+BENCH_OPTIM = dict(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
+                   grad_clip_norm=1.0)
 
 # Dense peak TFLOP/s by device kind substring and compute dtype (fp32 on GPUs = TF32 tensor cores,
 # JAX's default matmul precision there).
@@ -169,6 +173,21 @@ def model_view(method: str):
     return types.SimpleNamespace(model=model, task=task)
 
 
+def bench_method(method: str):
+    """The method object (umema_jax/methods) with its default hyper-parameters and the benchmark's flags."""
+    from configs.common import base_config
+    c = base_config()
+    c.model.name, c.model.method = _BACKBONE.value, method
+    c.train.trainable_regex, c.train.grad_accum_steps = _TRAINABLE.value, _GRAD_ACCUM.value
+    c.optim.update(BENCH_OPTIM)
+    meth = _methods.from_config(c)
+    clients = int(c.methods[method].clients) if method == "splitlora" else 1
+    if _BATCH.value % clients:
+        raise app.UsageError(f"--batch={_BATCH.value}: splitlora needs a multiple of its {clients} clients "
+                             f"(every client sends batch/N rows per step)")
+    return meth
+
+
 def random_batch(rng, vocab: int):
     import numpy as np
     b, n = _BATCH.value, _SEQ.value
@@ -189,25 +208,24 @@ class Runner:
     def __init__(self, method: str, mesh, shared: dict):
         import jax
         import jax.numpy as jnp
-        from umema_jax.model import init_variables, make_model
+        from umema_jax.model import init_variables
         from umema_jax.train import sharding as shd
-        from umema_jax.train.state import cast_tree, count_params, create_train_state, make_optimizer, split_params
+        from umema_jax.train.state import cast_tree, count_params, create_train_state
         from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
         self.method = method
         backbone_cfg, weights = shared["backbone"]
-        model = make_model(model_view(method), backbone_cfg)
+        meth = bench_method(method)
+        model = meth.make_model(model_view(method), backbone_cfg)
         variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
         params = dict(variables["params"])
         if weights is not None:
             params["backbone"] = jax.tree.map(jnp.asarray, weights)
-        trained, frozen = split_params(params, _TRAINABLE.value)
+        trained, frozen = meth.split(params)
         del params, variables["params"]
         frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
-        trainable = {"lora": variables.get("lora", {}), "params": trained}
-        optim = types.SimpleNamespace(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9,
-                                      b2=0.999, eps=1e-8, grad_clip_norm=1.0)
-        tx, schedule = make_optimizer(optim, 1_000_000)
+        trainable = meth.init_trainable({"lora": variables.get("lora", {}), "params": trained})
+        tx, schedule = meth.optimizer(1_000_000)
         rules = shd.FSDP_RULE_SETS["default"]
         frozen_sh = shd.named(mesh, shd.tree_specs(frozen, rules, mesh))
         # Every method has the same frozen backbone (same seed): share one copy across runners.
@@ -218,16 +236,16 @@ class Runner:
             frozen = jax.device_put(frozen, frozen_sh)
             shared.update(frozen_key=key, frozen=frozen)
         self.frozen = frozen
-        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value)
+        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value, meth)
         state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
         self.state = jax.device_put(state, state_sh)
         self.batch = shd.put_batch(shared["batch"], mesh)
-        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value),
+        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, meth),
                                   state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
         # Exactly as train/loop.py builds them.
-        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value), state_sh, frozen_sh, shd.batch_sharding(mesh),
+        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value, meth), state_sh, frozen_sh, shd.batch_sharding(mesh),
                                 shd.replicated(mesh))
-        self.trainable_params = count_params(trainable)
+        self.trainable_params = meth.count_trainable(trainable)
         self.total_params = count_params(trainable) + count_params(frozen)
 
         t0 = time.perf_counter()

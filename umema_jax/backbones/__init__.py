@@ -14,16 +14,18 @@ __all__ = ["BackboneConfig", "BackboneOutput", "NAMED_CONFIGS", "build_backbone"
            "init_backbone_params"]
 
 
-def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: bool = False):
+def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: bool = False, span=None):
     """The backbone module for `cfg`; with a `LoraConfig`, its Dense layers read the `lora` collection.
 
-    `remat=True` rematerialises each scanned layer in the backward pass (activation memory ~ one layer)."""
+    `remat=True` rematerialises each scanned layer in the backward pass (activation memory ~ one layer).
+    `span=(lo, hi)` runs blocks lo..hi-1 only (a split-learning part; `layers.layer_span`)."""
     if isinstance(cfg, str):
         cfg = get_backbone_config(cfg)
     cls = {"gpt2": GPT2Backbone, "llama": LlamaBackbone}[cfg.arch]
     scale = None if lora is None else float(lora.alpha) / float(lora.rank)
     dropout = 0.0 if lora is None else float(lora.dropout)
-    return cls(cfg=cfg, dtype=dtype, lora_scale=scale, lora_dropout=dropout, remat=remat)
+    return cls(cfg=cfg, dtype=dtype, lora_scale=scale, lora_dropout=dropout, remat=remat,
+               span=None if span is None else tuple(int(i) for i in span))
 
 
 def init_backbone_params(cfg: BackboneConfig, rng, seq_len: int = 8):
