@@ -81,3 +81,18 @@ def test_a_checkpoint_round_trips_the_merged_weights_bitwise(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, restored.extra, state.extra)
     jax.tree.map(np.testing.assert_array_equal, method.merged_frozen(frozen, restored.extra["delta"]),
                  method.merged_frozen(frozen, delta))
+
+
+def test_heterogeneous_ranks_confine_each_client_to_its_own_columns():
+    import optax
+    c, method, model, variables, trained, frozen = _flora(clients=2, ranks="8,3")
+    method.tx = optax.adam(1e-2)
+    state = create_train_state({"lora": variables["lora"], "params": trained}, {}, method.tx, 0, method)
+    state = jax.jit(method.start_client)(state, 0, 1)                  # client 1: rank 3 of 8
+    grads = jax.tree.map(jnp.ones_like, state.trainable)
+    trainable, _, _ = jax.jit(lambda s, g: method.apply_gradients(method.tx, s, g))(state, grads)
+    for path, x in jax.tree_util.tree_leaves_with_path(trainable["lora"]):
+        x = np.asarray(x)
+        beyond = x[..., 3:] if path[-1].key == "lora_a" else x[..., 3:, :]
+        within = x[..., :3] if path[-1].key == "lora_a" else x[..., :3, :]
+        assert np.all(beyond == 0) and np.any(within != 0), path

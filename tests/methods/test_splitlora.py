@@ -97,6 +97,21 @@ def test_two_stage_vjp_equals_grad_of_the_composed_loss():
     for g, w in zip(jax.tree.leaves(g_apply), jax.tree.leaves((grads["client"], grads["server"], grads["head"]))):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
     assert h.shape == dh.shape == (6, 16, model.backbone_cfg.hidden_size)
+    # the traffic the controller counts for a step is what crossed the cut: h up, ∂L/∂h down
+    from umema_jax.methods.splitlora import TrafficController
+    traffic = TrafficController(method, 10, 1)
+    assert traffic.bytes_per_element * 6 * 16 == h.nbytes + dh.nbytes
+
+
+def test_llama_client_and_server_parts_compose_to_the_whole_model():
+    method, model, plain, params, frozen, trainable = _build(_config(clients=2, cut=1, model="llama-tiny"))
+    batch = _batch(4)
+    lora = jax.tree.map(lambda c, s: jnp.concatenate([c[0], s]), trainable["lora"]["client"],
+                        trainable["lora"]["server"])
+    params = dict(params, head=trainable["params"]["head"])
+    whole = jax.jit(lambda: plain.apply({"params": params, "lora": lora}, batch).logits)()
+    split = jax.jit(lambda: model.apply({"params": params, "lora": trainable["lora"]}, batch).logits)()
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)      # evaluation: the (equal) copies' mean
 
 
 def _state(method, trainable, total_steps=10):
