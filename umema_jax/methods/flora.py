@@ -130,9 +130,9 @@ class FLoRA(Method):
         lora = trainable["lora"]["backbone"]
         delta = jax.tree.map(lambda k: jnp.zeros(k.shape, jnp.float32), self.base)
         clients = jax.tree.map(lambda x: jnp.zeros((self.clients,) + x.shape, x.dtype), lora)
-        head = trainable["params"]["head"]
+        head = trainable["params"]["head"]      # copied: a donated state must not hold one buffer twice
         return {"delta": delta, "clients": clients, "head_sum": jax.tree.map(jnp.zeros_like, head),
-                "global_head": head, "rank_mask": jnp.ones((self.lora_cfg.rank,), jnp.float32)}
+                "global_head": jax.tree.map(jnp.array, head), "rank_mask": jnp.ones((self.lora_cfg.rank,), jnp.float32)}
 
     def apply_gradients(self, tx, state, grads):
         trainable, opt_state, extra = super().apply_gradients(tx, state, grads)
