@@ -45,8 +45,7 @@ _BACKBONE = flags.DEFINE_string("backbone", "gpt2", "Named config (random weight
                                 "a checkpoint name/path for umema_jax.weights.load.")
 _WEIGHTS = flags.DEFINE_enum("weights", "random", ["random", "load"], "Random weights or a real checkpoint.")
 _TASK = flags.DEFINE_enum("task", "cls", ["cls", "ner"], "Task type (head on the pooled token / every token).")
-_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated methods (model.method values: lora, lora+um, "
-                              "lora+ema, full, milora, alora, ...).")
+_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated registered methods (docs/METHODS.md), e.g. lora,full.")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -83,6 +82,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for weights and the random batch."
 _OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 _TAG = flags.DEFINE_string("tag", "", "Free-form label copied into every record.")
 
+from umema_jax import methods as _methods
+
+METHODS = _methods.names()           # every registered training method (docs/METHODS.md)
+BENCH_OPTIM = dict(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
+                   grad_clip_norm=1.0)
 
 # Dense peak TFLOP/s by device kind substring and compute dtype (fp32 on GPUs = TF32 tensor cores,
 # JAX's default matmul precision there).
@@ -176,7 +180,7 @@ def method_config(method: str):
     c.model.lora.rank, c.model.lora.alpha = _RANK.value, _ALPHA.value
     c.model.lora.dropout, c.model.lora.target_regex = _LORA_DROPOUT.value, _TARGET.value
     c.train.trainable_regex, c.train.grad_accum_steps = _TRAINABLE.value, _GRAD_ACCUM.value
-    c.optim.learning_rate, c.optim.warmup_ratio = 1e-4, 0.0
+    c.optim.update(BENCH_OPTIM)
     return c
 
 
@@ -188,6 +192,17 @@ def model_view(method: str, cpu_matmul: str = ""):
                                   cpu_matmul=cpu_matmul or _CPU_MATMUL.value)
     task = types.SimpleNamespace(type=_TASK.value, num_labels=_NUM_LABELS.value)
     return types.SimpleNamespace(model=model, task=task)
+
+
+def bench_method(method: str):
+    """The method object (umema_jax/methods) with its default hyper-parameters and the benchmark's flags."""
+    c = method_config(method)
+    meth = _methods.from_config(c)
+    clients = int(c.methods[method].clients) if method == "splitlora" else 1
+    if _BATCH.value % clients:
+        raise app.UsageError(f"--batch={_BATCH.value}: splitlora needs a multiple of its {clients} clients "
+                             f"(every client sends batch/N rows per step)")
+    return meth
 
 
 def random_batch(rng, vocab: int):
@@ -210,7 +225,6 @@ class Runner:
     def __init__(self, method: str, mesh, shared: dict):
         import jax
         import jax.numpy as jnp
-        from umema_jax import methods
         from umema_jax.model import init_variables
         from umema_jax.train import sharding as shd
         from umema_jax.train.state import cast_tree, count_params, create_train_state
@@ -218,8 +232,8 @@ class Runner:
 
         self.label = method                            # "lora" or, to compare matmul paths, "lora/xla"
         self.method, _, matmul = method.partition("/")
-        impl = methods.from_config(method_config(self.method))
         backbone_cfg, weights = shared["backbone"]
+        impl = bench_method(self.method)
         model = impl.make_model(model_view(self.method, matmul), backbone_cfg)
         self.cpu_matmul = model.cpu_matmul
         self.lora_cfg = model.lora_cfg
@@ -230,7 +244,7 @@ class Runner:
         trained, frozen = impl.split(params)
         del params, variables["params"]
         frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
-        trainable = {"lora": variables.get("lora", {}), "params": trained}
+        trainable = impl.init_trainable({"lora": variables.get("lora", {}), "params": trained})
         tx, schedule = impl.optimizer(1_000_000)
         rules = shd.FSDP_RULE_SETS["default"]
         frozen_sh = shd.named(mesh, shd.tree_specs(frozen, rules, mesh))

@@ -69,7 +69,8 @@ def method_flags(method: str) -> tuple[bool, bool]:
 class UmemaModel(nn.Module):
     """Call: `model.apply(variables, batch, train=False, rngs={'dropout': k}, mutable=['memory'])`.
 
-    batch: `input_ids [B,n]`, `attention_mask [B,n]` (1 = real token), optional
+    batch: `input_ids [B,n]`, `attention_mask [B,n]` (1 = real token), `hidden_in [B,n,d]` (only with a
+    `span`: the activations at the cut, from which the server part starts), optional
     `example_mask [B]` (0 = padding row; default ones), `task_id [B]` (default 0);
     other keys (labels, ...) are ignored. The bank is written once per call
     when `train=True`, `write_memory=True` and `memory` is mutable; otherwise it
@@ -87,6 +88,7 @@ class UmemaModel(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False                  # rematerialise backbone layers in the backward pass
     cpu_matmul: str = "xla"              # backbone Dense products: "xla" | "onednn" (make_model resolves "auto")
+    span: tuple | None = None            # (c, L): the server part of split learning, fed `batch['hidden_in']`
 
     def setup(self):
         use_um, use_ema = method_flags(self.method)
@@ -94,8 +96,10 @@ class UmemaModel(nn.Module):
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.span is not None and (use_um or use_ema):
+            raise ValueError(f"a split model part (span={self.span}) is plain LoRA: method {self.method!r} has UM/EMA")
         self.backbone = build_backbone(self.backbone_cfg, lora=self.lora_cfg, dtype=self.dtype, remat=self.remat,
-                                       matmul=self.cpu_matmul)
+                                       matmul=self.cpu_matmul, span=self.span)
         if use_um:
             self.um = UncertaintyModule(self.um_cfg, pooling="token" if self.task_type == "ner" else self.pooling)
         if use_ema:
@@ -125,7 +129,7 @@ class UmemaModel(nn.Module):
         mask_f = mask.astype(jnp.float32)
 
         out = self.backbone(input_ids, mask, deterministic=not train, output_hidden_states=use_um,
-                            compute_logits=False)
+                            compute_logits=False, hidden_in=batch.get("hidden_in"))
         hidden = out.last_hidden_state
         hidden = hidden.astype(jnp.promote_types(hidden.dtype, jnp.float32))   # fp32 (fp64 in x64 tests)
         aux: dict = {}

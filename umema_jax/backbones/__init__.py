@@ -14,12 +14,14 @@ __all__ = ["BackboneConfig", "BackboneOutput", "NAMED_CONFIGS", "build_backbone"
            "init_backbone_params"]
 
 
-def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: bool = False, matmul: str = "xla"):
+def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: bool = False, matmul: str = "xla",
+                   span=None):
     """The backbone module for `cfg`; with a `LoraConfig`, its Dense layers read the `lora` collection
     (and, with `route_top_k` > 0, every block routes over its LoRA experts: MiLoRA).
 
     `remat=True` rematerialises each scanned layer in the backward pass (activation memory ~ one layer).
-    `matmul` ('xla' | 'onednn') is how the per-layer Dense products run (`kernels.cpu_gemm.resolve`)."""
+    `matmul` ('xla' | 'onednn') is how the per-layer Dense products run (`kernels.cpu_gemm.resolve`).
+    `span=(lo, hi)` runs blocks lo..hi-1 only (a split-learning part; `layers.layer_span`)."""
     if isinstance(cfg, str):
         cfg = get_backbone_config(cfg)
     cls = {"gpt2": GPT2Backbone, "llama": LlamaBackbone}[cfg.arch]
@@ -27,7 +29,7 @@ def build_backbone(cfg: BackboneConfig, *, lora=None, dtype=jnp.float32, remat: 
     dropout = 0.0 if lora is None else float(lora.dropout)
     route = 0 if lora is None else int(lora.route_top_k)
     return cls(cfg=cfg, dtype=dtype, lora_scale=scale, lora_dropout=dropout, remat=remat, matmul=matmul,
-               route_top_k=route)
+               route_top_k=route, span=None if span is None else tuple(int(i) for i in span))
 
 
 def init_backbone_params(cfg: BackboneConfig, rng, seq_len: int = 8):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
 from umema_jax.backbones.layers import (Dense, LayerNorm, Router, attention, attention_mask_4d, gelu_tanh,
-                                        last_token_index, positions_from_mask)
+                                        last_token_index, layer_span, positions_from_mask)
 from umema_jax.backbones.output import BackboneOutput
 
 # Every linear module of a block, in the order of a router's expert axis (MiLoRA).
@@ -81,27 +81,35 @@ class GPT2Backbone(nn.Module):
     remat: bool = False            # recompute each layer in the backward pass (less activation memory)
     matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
     route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
+    span: tuple | None = None      # (lo, hi): blocks lo..hi-1 only (split learning, see `layer_span`)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
-                 compute_logits=False):
+                 compute_logits=False, hidden_in=None):
         cfg = self.cfg
+        lo, hi = layer_span(self.span, cfg.num_layers, hidden_in, compute_logits)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        wte = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
-                       param_dtype=jnp.float32, dtype=self.dtype, name="wte")
-        wpe = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=nn.initializers.normal(0.01),
-                       param_dtype=jnp.float32, dtype=self.dtype, name="wpe")
         pos = positions_from_mask(attention_mask)
-        emb = wte(input_ids) + wpe(pos)
+        if lo == 0:
+            wte = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
+                           param_dtype=jnp.float32, dtype=self.dtype, name="wte")
+            wpe = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                           embedding_init=nn.initializers.normal(0.01), param_dtype=jnp.float32, dtype=self.dtype,
+                           name="wpe")
+            emb = wte(input_ids) + wpe(pos)
+        else:
+            emb = hidden_in.astype(self.dtype)
         mask = attention_mask_4d(attention_mask)
         body = nn.remat(GPT2Block, prevent_cse=False) if self.remat else GPT2Block
         blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0, "lora_gates": 0},
                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                         length=cfg.num_layers)
+                         length=hi - lo)
         h, (hs, routing) = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
                                   output_hidden_states, self.matmul, self.route_top_k, name="h")(
             emb, mask, last_token_index(attention_mask))
+        if hi < cfg.num_layers:         # a client's part: the raw activations at the cut
+            return BackboneOutput(emb, hs, h, None, routing)
         last = LayerNorm(cfg.norm_eps, self.dtype, name="ln_f")(h)
         logits = wte.attend(last).astype(jnp.float32) if compute_logits else None
         return BackboneOutput(emb, hs, last, logits, routing)

@@ -126,6 +126,21 @@ class RMSNorm(nn.Module):
         return (w * x).astype(self.dtype)
 
 
+def layer_span(span, num_layers: int, hidden_in, compute_logits: bool = False) -> tuple[int, int]:
+    """(lo, hi): the blocks a backbone runs. All by default; split learning runs a client part (0, c),
+    which embeds the tokens and returns the raw activations at the cut, and a server part (c, L), which
+    starts from those activations (`hidden_in`) and ends with the final norm. The part's params hold
+    only its blocks (`[hi - lo, ...]`)."""
+    lo, hi = (0, num_layers) if span is None else (int(span[0]), int(span[1]))
+    if not 0 <= lo < hi <= num_layers:
+        raise ValueError(f"backbone span {span}: must be 0 <= lo < hi <= {num_layers} blocks")
+    if (lo > 0) != (hidden_in is not None):
+        raise ValueError(f"backbone span {span}: a part starting after block 0 needs `hidden_in` (and only it)")
+    if compute_logits and (lo > 0 or hi < num_layers):
+        raise ValueError(f"backbone span {span}: LM logits need the whole backbone")
+    return lo, hi
+
+
 def positions_from_mask(attention_mask):
     """Position ids = number of real tokens before each one (so left/right padding agree)."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
 from umema_jax.backbones.layers import (Dense, RMSNorm, Router, apply_rope, attention, attention_mask_4d,
-                                        last_token_index, positions_from_mask, rope_cos_sin, rope_inv_freq)
+                                        last_token_index, layer_span, positions_from_mask, rope_cos_sin,
+                                        rope_inv_freq)
 from umema_jax.backbones.output import BackboneOutput
 
 # Every linear module of a block, in the order of a router's expert axis (MiLoRA).
@@ -86,26 +87,33 @@ class LlamaBackbone(nn.Module):
     remat: bool = False            # recompute each layer in the backward pass (less activation memory)
     matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
     route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
+    span: tuple | None = None      # (lo, hi): blocks lo..hi-1 only (split learning, see `layer_span`)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
-                 compute_logits=False):
+                 compute_logits=False, hidden_in=None):
         cfg = self.cfg
+        lo, hi = layer_span(self.span, cfg.num_layers, hidden_in, compute_logits)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
-                         param_dtype=jnp.float32, dtype=self.dtype, name="embed_tokens")
-        emb = embed(input_ids)
+        if lo == 0:
+            embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
+                             param_dtype=jnp.float32, dtype=self.dtype, name="embed_tokens")
+            emb = embed(input_ids)
+        else:
+            emb = hidden_in.astype(self.dtype)
         pos = positions_from_mask(attention_mask)
         cos, sin = rope_cos_sin(pos, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
         mask = attention_mask_4d(attention_mask)
         body = nn.remat(LlamaBlock, prevent_cse=False) if self.remat else LlamaBlock
         blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0, "lora_gates": 0},
                          split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                         length=cfg.num_layers)
+                         length=hi - lo)
         h, (hs, routing) = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
                                   output_hidden_states, self.matmul, self.route_top_k, name="layers")(
             emb, mask, cos, sin, last_token_index(attention_mask))
+        if hi < cfg.num_layers:         # a client's part: the raw activations at the cut
+            return BackboneOutput(emb, hs, h, None, routing)
         last = RMSNorm(cfg.norm_eps, self.dtype, name="norm")(h)
         logits = None
         if compute_logits:

@@ -9,7 +9,7 @@ import importlib
 
 from umema_jax.methods.base import METRIC_PREFIX, REGISTRY, Controller, Method, register
 
-_MODULES = ("paper", "full_ft", "lisa", "milora", "alora")
+_MODULES = ("paper", "full_ft", "lisa", "milora", "alora", "splitlora", "flora")
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 

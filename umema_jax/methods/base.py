@@ -11,6 +11,8 @@ Hook        | when                  | default
 ------------|-----------------------|-----------------------------------------------
 make_model  | build, once           | `model.make_model` (+ LoRA iff `use_lora`)
 split       | build, once           | trained/frozen by `train.trainable_regex`
+init_trainable | build, once        | {'lora', 'params'} unchanged (SplitLoRA: per-client copies)
+train_batches | loop start          | `data.pipeline.TrainBatches` (SplitLoRA, FLoRA: clients' batches)
 optimizer   | loop start            | `train.state.make_optimizer` (clip + AdamW)
 init_extra  | loop start            | {} (arrays carried in `TrainState.extra`)
 model_variables | every step (traced) | params (frozen+trained), lora, memory
@@ -121,6 +123,17 @@ class Method:
         state and are not checkpointed."""
         from umema_jax.train.state import split_params
         return split_params(params, self.trainable_regex)
+
+    def init_trainable(self, trainable: dict) -> dict:
+        """The trained tree `{'lora', 'params'}` as the method carries it (e.g. per-client copies of the
+        LoRA factors); called once at build, after `split`."""
+        return trainable
+
+    def train_batches(self, encoded, batch_size: int, seed: int, pad_multiple: int):
+        """The training batches (`data.pipeline.TrainBatches`' interface: `steps_per_epoch`, `iterate`);
+        a pure function of (seed, epoch, step), so resuming repeats them."""
+        from umema_jax.data.pipeline import TrainBatches
+        return TrainBatches(encoded, batch_size, seed, pad_multiple=pad_multiple)
 
     # ---------------------------------------------------------------- optimizer and carried state
     def optimizer(self, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -110,7 +110,7 @@ def build_experiment(config) -> Experiment:
     params = dict(variables["params"])
     trained, frozen = method.split(params)
     frozen = cast_tree(frozen, jnp.dtype(config.model.frozen_param_dtype))
-    trainable = {"lora": variables.get("lora", {}), "params": trained}
+    trainable = method.init_trainable({"lora": variables.get("lora", {}), "params": trained})
     info = {
         "task_type": splits.task_type, "labels": list(splits.labels), "backbone": backbone_cfg,
         "method": method.describe(),

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from umema_jax.data.pipeline import TrainBatches, eval_batches, num_eval_batches
+from umema_jax.data.pipeline import eval_batches, num_eval_batches
 from umema_jax.train import sharding as shd
 from umema_jax.train.checkpoint import Checkpoints
 from umema_jax.train.logging import make_tracker
@@ -166,12 +166,11 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
             raise ValueError(f"{name}={size} (per micro-batch) must be divisible by the {shd.batch_divisor(mesh)} "
                              f"devices the batch is split over")
 
-    batches = TrainBatches(exp.encoded["train"], tcfg.batch_size, config.seed,
-                           pad_multiple=dcfg.pad_to_multiple)
+    method = exp.method if exp.method is not None else methods.from_config(config)
+    batches = method.train_batches(exp.encoded["train"], tcfg.batch_size, config.seed, dcfg.pad_to_multiple)
     spe = batches.steps_per_epoch
     total_steps = spe * tcfg.epochs if tcfg.max_steps < 0 else min(tcfg.max_steps, spe * tcfg.epochs)
     eval_every = tcfg.eval_every_steps or spe
-    method = exp.method if exp.method is not None else methods.from_config(config)
     tx, schedule = method.optimizer(total_steps)
 
     # Placement: frozen backbone by the FSDP rules, everything else replicated.

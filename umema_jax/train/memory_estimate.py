@@ -57,7 +57,7 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
         jax.random.PRNGKey(1), params["backbone"])
     trained, frozen = meth.split(dict(params))
     frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), frozen)
-    trainable = {"lora": lora, "params": trained}
+    trainable = jax.eval_shape(meth.init_trainable, {"lora": lora, "params": trained})
     memory = variables.get("memory", {})
     tx, schedule = meth.optimizer(1000)
     state = jax.eval_shape(lambda t, m: create_train_state(t, m, tx, 0, meth), trainable, memory)
