@@ -2,10 +2,11 @@
 
     python -m umema_jax.bench                       # GPT-2 small, LoRA, seq 128, batch 8, fp32
     python -m umema_jax.bench --method=lora,full --seq_len=512
-    python -m umema_jax.bench --compare             # lora, lora+um, lora+ema, full, alternated
+    python -m umema_jax.bench --compare             # lora, lora+um, lora+ema, full, full_ft, lisa, alternated
     python -m umema_jax.bench --backbone=smollm2-135m --compare
 
-What is timed is exactly what `train/loop.py` runs: `train/step.py`'s
+What is timed is exactly what `train/loop.py` runs: the method's
+(umema_jax/methods) host hook `before_step` and `train/step.py`'s
 `make_train_step` jitted by `jit_train_step` (forward, masked cross-entropy,
 gradients w.r.t. the trainable sub-tree, global-norm clipping, AdamW, the EMA
 bank update carried in the state, donation of the state) and the eval step,
@@ -17,7 +18,9 @@ One JSON line per configuration: `method`, shapes, `tokens_per_s`, `step_s`
 (median; `step_s_min` / `step_s_max` over `--steps` >= 10 timed steps),
 `eval_*`, `compile_s`, `peak_rss_mb` (process peak: run one configuration per
 process for a clean number), `device_peak_mb` (where the device reports it),
-`trainable_params`, `total_params`, `flops_per_step` (analytic model FLOPs,
+`trainable_params` (what one step can change: LISA counts γ blocks), `total_params`,
+`step_memory_mb` (XLA's buffers of the compiled train step: arguments + outputs
+− aliased + temporaries; per method, unlike the process peaks), `flops_per_step` (analytic model FLOPs,
 see `step_flops`) and `mfu` when the device's peak is known (`--peak_tflops`).
 
 `--compare` builds every method of `--methods_to_compare` in one process,
@@ -34,7 +37,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 from absl import app, flags
 
@@ -42,7 +44,8 @@ _BACKBONE = flags.DEFINE_string("backbone", "gpt2", "Named config (random weight
                                 "a checkpoint name/path for umema_jax.weights.load.")
 _WEIGHTS = flags.DEFINE_enum("weights", "random", ["random", "load"], "Random weights or a real checkpoint.")
 _TASK = flags.DEFINE_enum("task", "cls", ["cls", "ner"], "Task type (head on the pooled token / every token).")
-_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated methods: lora, lora+um, lora+ema, full.")
+_METHOD = flags.DEFINE_string("method", "lora", "Comma-separated `model.method` values (umema_jax/methods): "
+                              "lora, lora+um, lora+ema, full, full_ft, lisa, ...")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Global batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
@@ -58,14 +61,14 @@ _ALPHA = flags.DEFINE_float("lora_alpha", 16.0, "LoRA alpha.")
 _LORA_DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout (the reference runs at 0 too).")
 _TARGET = flags.DEFINE_string("lora_target", "", "LoRA target regex ('' = arch default: c_attn / q_proj|v_proj).")
 _TRAINABLE = flags.DEFINE_string("trainable_regex", r"^(head|um|ema)/",
-                                 "Params trained besides LoRA ('.*' = full fine-tuning).")
+                                 "Params trained besides LoRA, for adapter methods (full_ft/lisa set their own).")
 _REMAT = flags.DEFINE_bool("remat", False, "model.remat: recompute each backbone layer in the backward pass.")
 _GRAD_ACCUM = flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per configuration.")
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps", 10, "Timed eval steps (0 = skip the eval step).")
 _COMPARE = flags.DEFINE_bool("compare", False, "Alternate --methods_to_compare in one process; print ratios.")
-_COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "lora,lora+um,lora+ema,full",
+_COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "lora,lora+um,lora+ema,full,full_ft,lisa",
                                        "Methods for --compare (the first is the baseline).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "--compare: round-robin rounds.")
 _STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "--compare: timed train steps per method per round.")
@@ -75,7 +78,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for weights and the random batch."
 _OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 _TAG = flags.DEFINE_string("tag", "", "Free-form label copied into every record.")
 
-METHODS = ("lora", "lora+um", "lora+ema", "full")
 
 # Dense peak TFLOP/s by device kind substring and compute dtype (fp32 on GPUs = TF32 tensor cores,
 # JAX's default matmul precision there).
@@ -160,13 +162,26 @@ def _stats(times: list[float]) -> dict:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
+def bench_config(method: str):
+    """The root config of one benchmarked method: the project defaults plus the flags (the method reads
+    its hyper-parameters, `methods.<name>.*`, from here)."""
+    from configs.common import base_config
+    c = base_config()
+    c.model.name, c.model.method, c.model.pooling = _BACKBONE.value, method, _POOLING.value
+    c.model.dtype, c.model.remat = _DTYPE.value, _REMAT.value
+    c.model.lora.rank, c.model.lora.alpha, c.model.lora.dropout = _RANK.value, _ALPHA.value, _LORA_DROPOUT.value
+    c.model.lora.target_regex = _TARGET.value
+    c.train.trainable_regex = _TRAINABLE.value
+    c.optim.learning_rate, c.optim.warmup_ratio, c.optim.weight_decay = 1e-4, 0.0, 0.01
+    c.optim.b1, c.optim.b2, c.optim.eps, c.optim.grad_clip_norm = 0.9, 0.999, 1e-8, 1.0
+    c.seed = _SEED.value
+    return c
+
+
 def model_view(method: str):
     """The root-config view that `umema_jax.model.make_model` reads."""
-    lora = dict(rank=_RANK.value, alpha=_ALPHA.value, dropout=_LORA_DROPOUT.value, target_regex=_TARGET.value)
-    model = types.SimpleNamespace(name=_BACKBONE.value, method=method, pooling=_POOLING.value, lora=lora,
-                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value)
-    task = types.SimpleNamespace(type=_TASK.value, num_labels=_NUM_LABELS.value)
-    return types.SimpleNamespace(model=model, task=task)
+    from umema_jax.train.build import model_config_view
+    return model_config_view(bench_config(method), _TASK.value, _NUM_LABELS.value)
 
 
 def random_batch(rng, vocab: int):
@@ -189,25 +204,26 @@ class Runner:
     def __init__(self, method: str, mesh, shared: dict):
         import jax
         import jax.numpy as jnp
-        from umema_jax.model import init_variables, make_model
+        from umema_jax.model import init_variables
         from umema_jax.train import sharding as shd
-        from umema_jax.train.state import cast_tree, count_params, create_train_state, make_optimizer, split_params
+        from umema_jax.train.state import cast_tree, count_params, create_train_state
         from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
         self.method = method
+        from umema_jax import methods
+        meth = methods.from_config(bench_config(method))
+        self.full_weight = meth.family == "full_weight"
         backbone_cfg, weights = shared["backbone"]
-        model = make_model(model_view(method), backbone_cfg)
+        model = meth.make_model(model_view(method), backbone_cfg)
         variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
         params = dict(variables["params"])
         if weights is not None:
             params["backbone"] = jax.tree.map(jnp.asarray, weights)
-        trained, frozen = split_params(params, _TRAINABLE.value)
+        trained, frozen = meth.split(params)
         del params, variables["params"]
         frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
         trainable = {"lora": variables.get("lora", {}), "params": trained}
-        optim = types.SimpleNamespace(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9,
-                                      b2=0.999, eps=1e-8, grad_clip_norm=1.0)
-        tx, schedule = make_optimizer(optim, 1_000_000)
+        tx, schedule = meth.optimizer(1_000_000)
         rules = shd.FSDP_RULE_SETS["default"]
         frozen_sh = shd.named(mesh, shd.tree_specs(frozen, rules, mesh))
         # Every method has the same frozen backbone (same seed): share one copy across runners.
@@ -218,22 +234,31 @@ class Runner:
             frozen = jax.device_put(frozen, frozen_sh)
             shared.update(frozen_key=key, frozen=frozen)
         self.frozen = frozen
-        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value)
+        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value, meth)
         state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
+        self.state_sh = state_sh
         self.state = jax.device_put(state, state_sh)
         self.batch = shd.put_batch(shared["batch"], mesh)
-        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value),
+        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, method=meth),
                                   state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
         # Exactly as train/loop.py builds them.
-        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value), state_sh, frozen_sh, shd.batch_sharding(mesh),
-                                shd.replicated(mesh))
-        self.trainable_params = count_params(trainable)
+        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value, meth), state_sh, frozen_sh,
+                                shd.batch_sharding(mesh), shd.replicated(mesh))
+        self.controller = meth.controller(1_000_000, 1_000_000)
+        self.steps_taken = 0
+        self.trainable_params = meth.count_trainable(trainable)
         self.total_params = count_params(trainable) + count_params(frozen)
 
         t0 = time.perf_counter()
         lowered = train_fn.lower(self.state, self.frozen, self.batch)
         self.train_c = lowered.compile()
         self.compile_s = time.perf_counter() - t0
+        try:
+            mem = self.train_c.memory_analysis()
+            self.step_memory_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                                   + mem.temp_size_in_bytes) / 2**20
+        except Exception:  # noqa: BLE001 - backends without a memory analysis
+            self.step_memory_mb = None
         self.xla_flops = None
         if _XLA_COST.value:
             try:
@@ -257,7 +282,11 @@ class Runner:
     def train(self, record: bool = True) -> None:
         import jax
         t0 = time.perf_counter()
-        self.state, metrics = self.train_c(self.state, self.frozen, self.batch)
+        state, frozen = self.controller.before_step(self.steps_taken, self.state, self.frozen)
+        if state is not self.state:              # e.g. LISA's resample every K steps, as the loop does it
+            state = jax.device_put(state, self.state_sh)
+        self.state, metrics = self.train_c(state, frozen, self.batch)
+        self.steps_taken += 1
         jax.block_until_ready((self.state, metrics))
         dt = time.perf_counter() - t0
         if record:
@@ -280,7 +309,7 @@ class Runner:
         lcfg = LoraConfig(rank=_RANK.value, alpha=_ALPHA.value, target_regex=_TARGET.value or None)
         fl = step_flops(cfg, seq_len=_SEQ.value, batch=_BATCH.value, lora_rank=_RANK.value,
                         lora_regex=lcfg.regex(cfg.arch), task=_TASK.value, num_labels=_NUM_LABELS.value,
-                        full_finetune=_TRAINABLE.value in (".*", "^.*$", ""))
+                        full_finetune=self.full_weight or _TRAINABLE.value in (".*", "^.*$", ""))
         peak = peak_flops(devices[0], _DTYPE.value, _PEAK_TFLOPS.value)
         rec = dict(
             impl="umema_jax", method=self.method, backbone=_BACKBONE.value, weights=_WEIGHTS.value,
@@ -290,7 +319,7 @@ class Runner:
             trainable_regex=_TRAINABLE.value, remat=_REMAT.value, steps=len(self.times),
             tokens_per_s=tokens / st["median"], step_s=st["median"], step_s_min=st["min"], step_s_max=st["max"],
             compile_s=self.compile_s,
-            peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices),
+            peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices), step_memory_mb=self.step_memory_mb,
             trainable_params=self.trainable_params, total_params=self.total_params,
             flops_per_step=fl["train"], tflops_per_s=fl["train"] / st["median"] / 1e12,
             mfu=(fl["train"] / st["median"] / peak) if peak else None,
@@ -321,10 +350,11 @@ def emit(rec: dict) -> None:
 
 
 def _parse_methods(spec: str) -> list[str]:
+    from umema_jax.methods import names     # imported late: jax must not start before XLA_FLAGS are set
     methods = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in names()]
     if bad or not methods:
-        raise app.UsageError(f"unknown method(s) {bad}; choose from {METHODS}")
+        raise app.UsageError(f"unknown method(s) {bad}; choose from {names()}")
     return methods
 
 
