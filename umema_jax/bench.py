@@ -6,7 +6,8 @@
     python -m umema_jax.bench --backbone=smollm2-135m --compare
     python -m umema_jax.bench --compare --methods_to_compare=lora/xla,lora/onednn   # matmul paths
 
-What is timed is exactly what `train/loop.py` runs: `train/step.py`'s
+What is timed is exactly what `train/loop.py` runs: the method's
+(umema_jax/methods) host hook `before_step` and `train/step.py`'s
 `make_train_step` jitted by `jit_train_step` (forward, masked cross-entropy,
 gradients w.r.t. the trainable sub-tree, global-norm clipping, AdamW, the EMA
 bank update carried in the state, donation of the state) and the eval step,
@@ -20,7 +21,9 @@ One JSON line per configuration: `method`, shapes, `tokens_per_s`, `step_s`
 (median; `step_s_min` / `step_s_max` over `--steps` >= 10 timed steps),
 `eval_*`, `compile_s`, `peak_rss_mb` (process peak: run one configuration per
 process for a clean number), `device_peak_mb` (where the device reports it),
-`trainable_params`, `total_params`, `flops_per_step` (analytic model FLOPs,
+`trainable_params` (what one step can change: LISA counts γ blocks), `total_params`,
+`step_memory_mb` (XLA's buffers of the compiled train step: arguments + outputs
+− aliased + temporaries; per method, unlike the process peaks), `flops_per_step` (analytic model FLOPs,
 see `step_flops`) and `mfu` when the device's peak is known (`--peak_tflops`).
 
 `--compare` builds every method of `--methods_to_compare` in one process,
@@ -37,7 +40,6 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 from absl import app, flags
 
@@ -63,7 +65,7 @@ _TARGET = flags.DEFINE_string("lora_target", "", "LoRA target regex ('' = arch d
 _TRAINABLE = flags.DEFINE_string("trainable_regex", r"^(head|um|ema)/",
                                  "Params trained besides LoRA ('.*' = full fine-tuning).")
 _CPU_MATMUL = flags.DEFINE_enum("cpu_matmul", "auto", ["auto", "xla", "onednn"],
-                                "model.cpu_matmul: backbone matmuls via oneDNN on CPU (auto: when it builds) or XLA.")
+                                "model.cpu_matmul: backbone matmuls via oneDNN on CPU (auto: on AMX/AVX512-BF16 CPUs) or XLA.")
 _REMAT = flags.DEFINE_bool("remat", False, "model.remat: recompute each backbone layer in the backward pass.")
 _GRAD_ACCUM = flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches per step.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
@@ -82,9 +84,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for weights and the random batch."
 _OUTPUT = flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 _TAG = flags.DEFINE_string("tag", "", "Free-form label copied into every record.")
 
-from umema_jax import methods as _methods
-
-METHODS = _methods.names()           # every registered training method (docs/METHODS.md)
 BENCH_OPTIM = dict(learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
                    grad_clip_norm=1.0)
 
@@ -176,28 +175,29 @@ def method_config(method: str):
     `methods.<name>` section) plus this benchmark's flags and optimizer settings."""
     from configs.common import base_config
     c = base_config()
-    c.model.name, c.model.method = _BACKBONE.value, method
+    c.model.name, c.model.method, c.model.pooling = _BACKBONE.value, method, _POOLING.value
+    c.model.dtype, c.model.remat, c.model.cpu_matmul = _DTYPE.value, _REMAT.value, _CPU_MATMUL.value
     c.model.lora.rank, c.model.lora.alpha = _RANK.value, _ALPHA.value
     c.model.lora.dropout, c.model.lora.target_regex = _LORA_DROPOUT.value, _TARGET.value
     c.train.trainable_regex, c.train.grad_accum_steps = _TRAINABLE.value, _GRAD_ACCUM.value
     c.optim.update(BENCH_OPTIM)
+    c.seed = _SEED.value
     return c
 
 
 def model_view(method: str, cpu_matmul: str = ""):
     """The root-config view that `umema_jax.model.make_model` reads (`cpu_matmul` '' = --cpu_matmul)."""
-    lora = dict(rank=_RANK.value, alpha=_ALPHA.value, dropout=_LORA_DROPOUT.value, target_regex=_TARGET.value)
-    model = types.SimpleNamespace(name=_BACKBONE.value, method=method, pooling=_POOLING.value, lora=lora,
-                                  um={}, ema={}, dtype=_DTYPE.value, remat=_REMAT.value,
-                                  cpu_matmul=cpu_matmul or _CPU_MATMUL.value)
-    task = types.SimpleNamespace(type=_TASK.value, num_labels=_NUM_LABELS.value)
-    return types.SimpleNamespace(model=model, task=task)
+    from umema_jax.train.build import model_config_view
+    c = method_config(method)
+    c.model.cpu_matmul = cpu_matmul or _CPU_MATMUL.value
+    return model_config_view(c, _TASK.value, _NUM_LABELS.value)
 
 
 def bench_method(method: str):
     """The method object (umema_jax/methods) with its default hyper-parameters and the benchmark's flags."""
+    from umema_jax import methods   # imported late: jax must not start before XLA_FLAGS are set
     c = method_config(method)
-    meth = _methods.from_config(c)
+    meth = methods.from_config(c)
     clients = int(c.methods[method].clients) if method == "splitlora" else 1
     if _BATCH.value % clients:
         raise app.UsageError(f"--batch={_BATCH.value}: splitlora needs a multiple of its {clients} clients "
@@ -237,6 +237,7 @@ class Runner:
         model = impl.make_model(model_view(self.method, matmul), backbone_cfg)
         self.cpu_matmul = model.cpu_matmul
         self.lora_cfg = model.lora_cfg
+        self.full_weight = impl.family == "full_weight"
         variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
         params = dict(variables["params"])
         if weights is not None:
@@ -258,6 +259,7 @@ class Runner:
         self.frozen = frozen
         state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value, impl)
         state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
+        self.state_sh = state_sh
         self.state = jax.device_put(state, state_sh)
         self.batch = shd.put_batch(shared["batch"], mesh)
         train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, method=impl),
@@ -265,6 +267,12 @@ class Runner:
         # Exactly as train/loop.py builds them.
         eval_fn = jit_eval_step(make_eval_step(model, _TASK.value, method=impl), state_sh, frozen_sh,
                                 shd.batch_sharding(mesh), shd.replicated(mesh))
+        # Host hooks run as in training (LISA's resample), except those that follow a data plan (the
+        # federated schedules override `train_batches`): the benchmark has no data, only the step is timed.
+        from umema_jax.methods.base import Controller, Method
+        plan = type(impl).train_batches is not Method.train_batches
+        self.controller = Controller(impl, 1_000_000, 1_000_000) if plan else impl.controller(1_000_000, 1_000_000)
+        self.steps_taken = 0
         self.trainable_params = impl.count_trainable(trainable)
         self.total_params = count_params(trainable) + count_params(frozen)
 
@@ -272,6 +280,12 @@ class Runner:
         lowered = train_fn.lower(self.state, self.frozen, self.batch)
         self.train_c = lowered.compile()
         self.compile_s = time.perf_counter() - t0
+        try:
+            mem = self.train_c.memory_analysis()
+            self.step_memory_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                                   + mem.temp_size_in_bytes) / 2**20
+        except Exception:  # noqa: BLE001 - backends without a memory analysis
+            self.step_memory_mb = None
         self.xla_flops = None
         if _XLA_COST.value:
             try:
@@ -295,7 +309,11 @@ class Runner:
     def train(self, record: bool = True) -> None:
         import jax
         t0 = time.perf_counter()
-        self.state, metrics = self.train_c(self.state, self.frozen, self.batch)
+        state, frozen = self.controller.before_step(self.steps_taken, self.state, self.frozen)
+        if state is not self.state:              # e.g. LISA's resample every K steps, as the loop does it
+            state = jax.device_put(state, self.state_sh)
+        self.state, metrics = self.train_c(state, frozen, self.batch)
+        self.steps_taken += 1
         jax.block_until_ready((self.state, metrics))
         dt = time.perf_counter() - t0
         if record:
@@ -320,7 +338,7 @@ class Runner:
         lora_regex = "" if lcfg is None else (".*" if lcfg.route_top_k else lcfg.regex(cfg.arch))
         fl = step_flops(cfg, seq_len=_SEQ.value, batch=_BATCH.value, lora_rank=lcfg.rank if lcfg else 0,
                         lora_regex=lora_regex or "$^", task=_TASK.value, num_labels=_NUM_LABELS.value,
-                        full_finetune=_TRAINABLE.value in (".*", "^.*$", ""))
+                        full_finetune=self.full_weight or _TRAINABLE.value in (".*", "^.*$", ""))
         peak = peak_flops(devices[0], _DTYPE.value, _PEAK_TFLOPS.value)
         rec = dict(
             impl="umema_jax", method=self.method, variant=self.label, backbone=_BACKBONE.value, weights=_WEIGHTS.value,
@@ -330,7 +348,7 @@ class Runner:
             trainable_regex=_TRAINABLE.value, remat=_REMAT.value, cpu_matmul=self.cpu_matmul, steps=len(self.times),
             tokens_per_s=tokens / st["median"], step_s=st["median"], step_s_min=st["min"], step_s_max=st["max"],
             compile_s=self.compile_s,
-            peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices),
+            peak_rss_mb=peak_rss_mb(), device_peak_mb=device_peak_mb(devices), step_memory_mb=self.step_memory_mb,
             trainable_params=self.trainable_params, total_params=self.total_params,
             flops_per_step=fl["train"], tflops_per_s=fl["train"] / st["median"] / 1e12,
             mfu=(fl["train"] / st["median"] / peak) if peak else None,

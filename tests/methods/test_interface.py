@@ -66,3 +66,4 @@ def test_full_ft_trains_end_to_end_on_the_smoke_config(tmp_path):
     assert saved["test"]["accuracy"] == results["test"]["accuracy"]
     assert results["params"]["frozen"] == 0 and results["params"]["lora"] == 0
     assert results["params"]["trainable"] == results["params"]["total"]
+    assert saved["method_info"] == {"name": "full_ft", "family": "full_weight", "hp": {"param_dtype": "float32"}}

@@ -790,7 +790,8 @@ def bench_specs(ctx) -> list:
     """One `umema_jax.bench --compare` per backbone (none when the profile has no benchmark settings)."""
     if not ctx.profile.bench:
         return []
-    from umema_jax.bench import METHODS as BENCH_METHODS
+    from umema_jax.methods import names
+    BENCH_METHODS = names()                 # bench --compare runs any registered method
     methods = [P.method_name(m, ctx.implemented) for m in P.ABLATION + P.BASELINES]
     methods = [m for m in methods if m and m in BENCH_METHODS]
     return [S.RunSpec("", (), kind="bench", args=tuple([f"--backbone={b.name}", "--compare",

@@ -57,6 +57,10 @@ class Controller:
         # Log what `before_step(step)` decides under `step + 1` (the step it affects): on resume from a
         # checkpoint at step s, records with step > s are dropped and written again, never twice.
         self.log: Callable[[int, dict], None] = lambda step, scalars: None
+        # Set by the loop before any hook (None in tests that drive a controller by hand): the run's
+        # `train.loop.Experiment` (model, encoded splits: e.g. a fixed dev batch to score with) and mesh.
+        self.experiment = None
+        self.mesh = None
 
     def before_step(self, step: int, state, frozen):
         """Before the step that takes the state from `step` to `step + 1` (e.g. LISA resamples at step % K == 0)."""

@@ -186,6 +186,7 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
     eval_fn = jit_eval_step(make_eval_step(exp.model, exp.task_type, method), state_sh, frozen_sh,
                             shd.batch_sharding(mesh), shd.replicated(mesh))
     controller = method.controller(total_steps, spe)
+    controller.experiment, controller.mesh = exp, mesh
 
     def host_hook(result) -> None:
         """Takes a controller hook's (state, frozen); a replaced state goes back onto the state's shardings."""
