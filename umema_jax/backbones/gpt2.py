@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
-from umema_jax.backbones.layers import (Dense, LayerNorm, Router, attention, attention_mask_4d, gelu_tanh,
+from umema_jax.backbones.layers import (LayerNorm, Router, attention, attention_mask_4d, block_dense, gelu_tanh,
                                         last_token_index, layer_span, positions_from_mask)
 from umema_jax.backbones.output import BackboneOutput
 
@@ -57,15 +57,7 @@ class GPT2Block(nn.Module):
     def __call__(self, h, mask, last_idx):
         routing = Router(self.route_top_k, name="router")(h, last_idx) if self.route_top_k else None
 
-        def dense_in(group):
-            def dense(features, name):
-                mod = Dense(features, True, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
-                            self.matmul, name=name)
-                if routing is None:
-                    return mod
-                gate = routing["gates"][:, EXPERTS.index(f"{group}/{name}")]
-                return lambda x: mod(x, gate)
-            return dense
+        dense_in = block_dense(self, True, EXPERTS, routing)
         eps = self.cfg.norm_eps
         h = h + GPT2Attention(self.cfg, dense_in("attn"), name="attn")(LayerNorm(eps, self.dtype, name="ln_1")(h),
                                                                       mask)

@@ -69,6 +69,22 @@ class Dense(nn.Module):
         return y
 
 
+def block_dense(block: nn.Module, use_bias: bool, experts: tuple, routing: dict | None):
+    """`dense_in(group)(features, name)`: the LoRA-aware Dense factory a block hands its attention
+    and MLP, built in the calling block's scope from its fields (dtype, LoRA scale/dropout,
+    matmul path); under MiLoRA routing each module's LoRA branch is scaled by its expert's gate."""
+    def dense_in(group: str):
+        def dense(features: int, name: str):
+            mod = Dense(features, use_bias, block.dtype, block.lora_scale, block.lora_dropout,
+                        block.deterministic, block.matmul, name=name)
+            if routing is None:
+                return mod
+            gate = routing["gates"][:, experts.index(f"{group}/{name}")]
+            return lambda x: mod(x, gate)
+        return dense
+    return dense_in
+
+
 class Router(nn.Module):
     """Prompt-aware router of one block (MiLoRA): which of its M LoRA experts run, per example.
 

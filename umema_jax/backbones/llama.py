@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
 from umema_jax.backbones.layers import (Dense, RMSNorm, Router, apply_rope, attention, attention_mask_4d,
-                                        last_token_index, layer_span, positions_from_mask, rope_cos_sin,
-                                        rope_inv_freq)
+                                        block_dense, last_token_index, layer_span, positions_from_mask,
+                                        rope_cos_sin, rope_inv_freq)
 from umema_jax.backbones.output import BackboneOutput
 
 # Every linear module of a block, in the order of a router's expert axis (MiLoRA).
@@ -62,15 +62,7 @@ class LlamaBlock(nn.Module):
     def __call__(self, h, mask, cos, sin, last_idx):
         routing = Router(self.route_top_k, name="router")(h, last_idx) if self.route_top_k else None
 
-        def dense_in(group):
-            def dense(features, name):
-                mod = Dense(features, False, self.dtype, self.lora_scale, self.lora_dropout, self.deterministic,
-                            self.matmul, name=name)
-                if routing is None:
-                    return mod
-                gate = routing["gates"][:, EXPERTS.index(f"{group}/{name}")]
-                return lambda x: mod(x, gate)
-            return dense
+        dense_in = block_dense(self, False, EXPERTS, routing)
         eps = self.cfg.norm_eps
         h = h + LlamaAttention(self.cfg, dense_in("self_attn"), name="self_attn")(
             RMSNorm(eps, self.dtype, name="input_layernorm")(h), mask, cos, sin)

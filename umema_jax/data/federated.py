@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from umema_jax.data.encode import IGNORE_INDEX, EncodedDataset
-from umema_jax.data.pipeline import TrainBatches, padded_length
+from umema_jax.data.pipeline import TrainBatches, iterate_from, padded_length
 
 SCHEDULES = ("parallel", "interleaved", "blocked")
 _SALT = 0xFED5
@@ -134,13 +134,7 @@ class ClientBatches:
     def iterate(self, start_epoch: int = 0, start_step: int = 0,
                 num_epochs: int | None = None) -> Iterator[tuple[int, int, dict]]:
         """`(epoch, step, batch)` from a saved position on, as `TrainBatches.iterate`."""
-        epoch, step = int(start_epoch), int(start_step)
-        if step >= self.steps_per_epoch:
-            epoch, step = epoch + 1, 0
-        while num_epochs is None or epoch < num_epochs:
-            for k in range(step, self.steps_per_epoch):
-                yield epoch, k, self.batch_at(epoch, k)
-            epoch, step = epoch + 1, 0
+        return iterate_from(self, start_epoch, start_step, num_epochs)
 
 
 def _client_seed(seed: int, client: int) -> int:

@@ -121,13 +121,20 @@ class TrainBatches:
     def iterate(self, start_epoch: int = 0, start_step: int = 0,
                 num_epochs: int | None = None) -> Iterator[tuple[int, int, dict]]:
         """`(epoch, step, batch)` from a saved position on; endless when `num_epochs` is None."""
-        epoch, step = int(start_epoch), int(start_step)
-        if step >= self.steps_per_epoch:
-            epoch, step = epoch + 1, 0
-        while num_epochs is None or epoch < num_epochs:
-            for k, batch in enumerate(self.epoch_batches(epoch, step)):
-                yield epoch, step + k, batch
-            epoch, step = epoch + 1, 0
+        return iterate_from(self, start_epoch, start_step, num_epochs)
+
+
+def iterate_from(batches, start_epoch: int = 0, start_step: int = 0,
+                 num_epochs: int | None = None) -> Iterator[tuple[int, int, dict]]:
+    """`(epoch, step, batch)` of any batch plan with `steps_per_epoch` and `epoch_batches(epoch,
+    start_step)`, from a saved position on (a step at the epoch's end resumes at the next epoch)."""
+    epoch, step = int(start_epoch), int(start_step)
+    if step >= batches.steps_per_epoch:
+        epoch, step = epoch + 1, 0
+    while num_epochs is None or epoch < num_epochs:
+        for k, batch in enumerate(batches.epoch_batches(epoch, step)):
+            yield epoch, step + k, batch
+        epoch, step = epoch + 1, 0
 
 
 def eval_batches(encoded: EncodedDataset, batch_size: int, *, pad_multiple: int = 16,
