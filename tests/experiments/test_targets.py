@@ -220,6 +220,48 @@ def test_time_cap_stops_between_runs_and_the_next_call_continues(tmp_path, monke
     assert len(set(ran)) == 3
 
 
+def test_two_runners_on_one_root_train_each_run_once_and_take_over_stale_claims(tmp_path, monkeypatch):
+    ctx = choose(tmp_path)
+    jobs = list(pipeline.collect(ctx, ["table5"])[0].values())[:4]
+    specs = [spec for spec, _ in jobs]
+    # a runner killed with -9 left a claim behind on run 0: its pid no longer exists
+    dead = S.workdir(ctx.root, specs[0])
+    os.makedirs(dead)
+    with open(os.path.join(dead, S.CLAIM_FILE), "w") as f:
+        json.dump({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}, f)
+    trained, nested, inside = [], [], []
+
+    class Est:
+        def time_s(self, spec):
+            return 1.0
+
+    def fake_run(spec, root, isolation="subprocess", env=None):
+        trained.append(spec.key)
+        assert json.load(open(os.path.join(S.workdir(root, spec), S.CLAIM_FILE)))["pid"] == os.getpid()
+        if not inside:    # while this run trains, a second runner works through the same list
+            inside.append(True)
+            nested.append(runner.execute(jobs, root, Est(), log=lambda m: None))
+        write_run(root, spec, fake_results(spec))
+        return 0, ""
+
+    monkeypatch.setattr(runner, "run_one", fake_run)
+    # the nested runner is this same process: pretend it is another live one holding run 0
+    real_claim = S.claim
+    monkeypatch.setattr(S, "claim", lambda root, spec: {"pid": 1, "host": "other"} if inside and not nested and
+                        spec.key == trained[0] else real_claim(root, spec))
+    first = runner.execute(jobs, ctx.root, Est(), log=lambda m: None)
+    assert trained[0] == specs[0].key                         # the stale claim was taken over
+    assert sorted(trained) == sorted(s.key for s in specs)    # every run trained exactly once
+    assert nested[0]["claimed_elsewhere"] == 1 and nested[0]["ran"] == 3
+    assert first["ran"] == 1                                  # the rest were finished by the other runner
+    assert not any(os.path.exists(os.path.join(S.workdir(ctx.root, s), S.CLAIM_FILE)) for s in specs)
+    # a live claim from another process is respected
+    live = S.workdir(ctx.root, specs[1])
+    with open(os.path.join(live, S.CLAIM_FILE), "w") as f:
+        json.dump({"pid": os.getppid(), "host": __import__("socket").gethostname()}, f)
+    assert real_claim(ctx.root, specs[1])["pid"] == os.getppid()
+
+
 def test_failed_runs_are_recorded_and_skipped_unless_retried(tmp_path, monkeypatch):
     ctx = choose(tmp_path)
     jobs = list(pipeline.collect(ctx, ["table5"])[0].values())[:1]

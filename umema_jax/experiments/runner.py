@@ -133,6 +133,10 @@ def execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", 
     advances; `max_hours=0` starts nothing). Prints progress: which
     run, how many done of how many, the target(s) it serves, and the ETA from the estimates rescaled by
     the runs finished in this session.
+
+    Parallel: several invocations of the same command on one `root` (e.g. one per core, pinned with
+    `taskset -c i`) share the work: each claims a run before training it (`specs.claim`) and skips runs
+    another live runner holds, so every run is trained once.
     """
     log = log or (lambda msg: print(msg, flush=True))
     todo = []
@@ -146,13 +150,15 @@ def execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", 
     skipped_failed = sum(1 for spec, _ in jobs if S.status(root, spec) == "failed") if not retry_failed else 0
     est = {spec.key: estimator.time_s(spec) for spec, _, _ in todo}
     summary = {"planned": total_jobs, "already_done": already - skipped_failed, "skipped_failed": skipped_failed,
-               "ran": 0, "failed": [], "stopped": None, "elapsed_s": 0.0}
+               "ran": 0, "failed": [], "stopped": None, "elapsed_s": 0.0, "claimed_elsewhere": 0}
     log(f"[experiments] {total_jobs} runs needed: {already - skipped_failed} already done, "
         f"{skipped_failed} failed before (skipped; --retry_failed to rerun), {len(todo)} to run "
         f"(estimated {hms(sum(est.values()))})")
     t_start = time.monotonic()
     spent_est, spent_real = 0.0, 0.0
     for i, (spec, names, st) in enumerate(todo):
+        if S.finished(root, spec) or (not retry_failed and S.failure(root, spec)):
+            continue                       # finished (or failed) meanwhile by another runner on this root
         elapsed = time.monotonic() - t_start
         if max_hours is not None and (summary["ran"] or max_hours <= 0) and \
                 elapsed + est[spec.key] > max_hours * 3600:
@@ -160,6 +166,15 @@ def execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", 
                                   f"{hms(elapsed)}; re-run the same command to continue")
             log(f"[experiments] {summary['stopped']}")
             break
+        owner = S.claim(root, spec)
+        if owner is not None:
+            summary["claimed_elsewhere"] += 1
+            log(f"[experiments] skipped {spec.name}: another runner (pid {owner.get('pid')} on "
+                f"{owner.get('host')}) is training it")
+            continue
+        if S.finished(root, spec):         # finished by another runner between the check above and the claim
+            S.release(root, spec)
+            continue
         ratio = spent_real / spent_est if spent_est else 1.0
         remaining = sum(est[s.key] for s, _, _ in todo[i:]) * ratio
         wd = S.workdir(root, spec)
@@ -175,6 +190,8 @@ def execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", 
             summary["stopped"] = str(stop)
             log(f"[experiments] {stop}; re-run the same command to resume")
             break
+        finally:
+            S.release(root, spec)
         dt = time.monotonic() - t0
         spent_est += est[spec.key]
         spent_real += dt
