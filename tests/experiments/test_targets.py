@@ -262,6 +262,53 @@ def test_two_runners_on_one_root_train_each_run_once_and_take_over_stale_claims(
     assert real_claim(ctx.root, specs[1])["pid"] == os.getppid()
 
 
+FAKE_LAUNCH = """
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGINT, lambda *a: got.append(1))
+open("started", "w").write(str(os.getsid(0)))
+while not got:
+    time.sleep(0.01)
+time.sleep(0.2)                          # a second forwarded signal would arrive here
+open("signals", "w").write(str(len(got)))
+sys.exit(130)                            # launch.py: checkpointed, interrupted
+"""
+
+
+def test_sigterm_to_a_background_runner_checkpoints_the_run_and_stops(tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+    ctx = choose(tmp_path)
+    jobs = list(pipeline.collect(ctx, ["table5"])[0].values())[:2]
+    fake_repo = tmp_path / "repo"
+    fake_repo.mkdir()
+    (fake_repo / "launch.py").write_text(FAKE_LAUNCH)
+    monkeypatch.setattr(runner, "REPO_ROOT", str(fake_repo))
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)      # as `nohup ... &` leaves it
+    try:
+        def terminate():
+            while not (fake_repo / "started").exists():
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=terminate, daemon=True).start()
+
+        class Est:
+            def time_s(self, spec):
+                return 1.0
+        s = runner.execute(jobs, ctx.root, Est(), log=lambda m: None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN             # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert "interrupted" in s["stopped"] and s["ran"] == 0 and not s["failed"]
+    assert (fake_repo / "signals").read_text() == "1"                        # exactly one SIGINT forwarded
+    assert int((fake_repo / "started").read_text()) != os.getsid(0)          # own session: no terminal ^C
+    spec = jobs[0][0]
+    assert S.status(ctx.root, spec) != "failed"                              # resumable, not failed
+    assert not os.path.exists(os.path.join(S.workdir(ctx.root, spec), S.CLAIM_FILE))
+    assert not os.path.exists(S.workdir(ctx.root, jobs[1][0]))              # the runner stopped there
+
+
 def test_failed_runs_are_recorded_and_skipped_unless_retried(tmp_path, monkeypatch):
     ctx = choose(tmp_path)
     jobs = list(pipeline.collect(ctx, ["table5"])[0].values())[:1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,11 +44,15 @@ def _train_subprocess(spec: S.RunSpec, workdir: str, env: dict) -> tuple[int, st
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n# {_now()} {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # Its own session: a terminal's Ctrl-C reaches only this runner, which forwards exactly one SIGINT
+        # (a second one would make launch.py skip its checkpoint), and so does `kill` of a background runner.
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:
-            rc = proc.wait()        # launch.py got the SIGINT too: it checkpoints and exits 130
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait()        # launch.py checkpoints and exits 130
             raise StopRequested(f"interrupted; {workdir} checkpointed (rc {rc})") from None
     if rc == 0:
         return rc, ""
@@ -104,6 +109,20 @@ def _bench_subprocess(spec: S.RunSpec, workdir: str, env: dict) -> tuple[int, st
     return rc, "" if rc == 0 else f"benchmark exited {rc} (see {workdir}/bench.log)"
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals() -> dict:
+    """SIGINT and SIGTERM stop the runner cleanly (the running launch.py checkpoints), also when it was
+    started in the background, where the shell leaves SIGINT ignored. Returns the handlers to restore."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)}
+
+
 def run_one(spec: S.RunSpec, root: str, isolation: str = "subprocess", env: dict | None = None) -> tuple[int, str]:
     wd = S.workdir(root, spec)
     env = dict(os.environ if env is None else env)
@@ -124,8 +143,18 @@ def run_one(spec: S.RunSpec, root: str, isolation: str = "subprocess", env: dict
     return rc, msg
 
 
-def execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", max_hours: float | None = None,
-            retry_failed: bool = False, env: dict | None = None, log=None) -> dict:
+def execute(jobs: list, root: str, estimator, **kwargs) -> dict:
+    """Runs `jobs` that are not finished (see `_execute`), with SIGINT / SIGTERM stopping it cleanly."""
+    old = _interrupt_on_signals()
+    try:
+        return _execute(jobs, root, estimator, **kwargs)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", max_hours: float | None = None,
+             retry_failed: bool = False, env: dict | None = None, log=None) -> dict:
     """Runs `jobs` ([(spec, [target names])], deduplicated, in order) that are not finished.
 
     Time cap: between runs, a run whose estimated end falls past `max_hours` is left for the next
@@ -186,13 +215,17 @@ def execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", 
         t0 = time.monotonic()
         try:
             rc, msg = run_one(spec, root, isolation, env)
-        except StopRequested as stop:
-            summary["stopped"] = str(stop)
+        except (StopRequested, KeyboardInterrupt) as stop:
+            summary["stopped"] = str(stop) or "interrupted"
             log(f"[experiments] {stop}; re-run the same command to resume")
             break
         finally:
             S.release(root, spec)
         dt = time.monotonic() - t0
+        if rc == EXIT_INTERRUPTED:        # the run alone got the signal (e.g. `kill -INT` of launch.py): stop too
+            summary["stopped"] = f"{spec.name} interrupted after {hms(dt)}; it checkpointed"
+            log(f"[experiments] {summary['stopped']}; re-run the same command to resume")
+            break
         spent_est += est[spec.key]
         spent_real += dt
         summary["ran"] += 1
