@@ -375,3 +375,16 @@ def test_fig7_reads_benchmark_step_times(tmp_path):
     side = json.loads((tmp_path / "out" / "fig7.json").read_text())
     assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == A.SUPPORTS
     assert os.path.getsize(tmp_path / "out" / "fig7.png") > 0
+
+
+def test_estimates_count_aloras_scoring_and_the_cpu_profile_scores_to_first_order(tmp_path):
+    from umema_jax.experiments import estimate as E
+    from umema_jax.experiments import targets as T
+    ctx = Context(P.get_profile("cpu"), str(tmp_path / "runs"), str(tmp_path / "out"))
+    b, setup = ctx.profile.backbones[0], ctx.profile.dataset("semeval")
+    spec = lambda method, extra=(): T.train_spec(ctx, b, setup, method, 1000, 0, 5e-3, extra)   # noqa: E731
+    assert spec("alora").get("methods.alora.scoring") == "taylor" and spec("lora").get("methods.alora.scoring") is None
+    lora, taylor = E.run_time_s(spec("lora"), setup, 60), E.run_time_s(spec("alora"), setup, 60)
+    ablation = E.run_time_s(spec("alora", (("methods.alora.scoring", "ablation"),)), setup, 60)
+    assert lora < taylor < 1.2 * lora                 # 8 rounds x 2 backward passes of 32 examples
+    assert ablation > 5 * lora                        # 8 rounds x 2 x 481 forward passes of 32 examples

@@ -91,7 +91,20 @@ def run_time_s(spec: S.RunSpec, setup, overhead_s: float) -> float:
     test_n = int(g("data.test_size", 0)) or (setup.test_n if setup else 1000)
     per_example = flops(name, seq, seq, False) / m["eval"]
     t_eval = (epochs * dev_n + dev_n + test_n) * per_example
-    return overhead_s + t_train + t_eval
+    return overhead_s + t_train + t_eval + _alora_scoring_examples(spec, _backbone(name)) * per_example
+
+
+def _alora_scoring_examples(spec: S.RunSpec, cfg) -> float:
+    """Forward passes (in examples) ALoRA's rounds spend scoring ranks; 0 for other methods."""
+    g = spec.get
+    if str(g("model.method")) != "alora":
+        return 0.0
+    from umema_jax.methods.alora import ALoRA
+    hp = {k: g(f"methods.alora.{k}", v) for k, v in ALoRA.defaults.items()}
+    targets = 1 if cfg.arch == "gpt2" else 2            # c_attn | q_proj, v_proj (the default target_regex)
+    active = cfg.num_layers * targets * int(g("model.lora.rank", 8))
+    per_round = 2 * 3 if hp["scoring"] == "taylor" else 2 * (active + 1)   # 2 backward (~3 fwd) | 2 per rank
+    return float(int(hp["rounds"]) * per_round * int(hp["val_size"]))
 
 
 @functools.lru_cache(maxsize=None)

@@ -106,6 +106,7 @@ class Profile:
     selection_size: int = 1000   # LR selection cell: SemEval, this size, seed 0
     bench: tuple = ()            # umema_jax.bench flags for fig7 (besides --backbone)
     run_overhead_s: float = 60.0  # per-run fixed cost for estimates (start-up, loading, compiling)
+    method_overrides: dict = dataclasses.field(default_factory=dict)   # model.method -> overrides on this budget
 
     def dataset(self, name: str) -> DatasetSetup | None:
         """The setup that stands for paper dataset `name` here (through `alias`), or None."""
@@ -167,10 +168,15 @@ def _cpu() -> Profile:
                     "PLONER 7 domains pooled",
                     "LR grid extended upward to 5e-3 (SmolLM2's LoRA optimum on SemEval lies above 1e-3)",
                     "4 epochs with early stopping (patience 3) on the task's primary dev metric",
-                    "fig4 / fig5 at train size 200 and seed 0 only (compute); fig6 at seed 0"),
+                    "fig4 / fig5 at train size 200 and seed 0 only (compute); fig6 at seed 0",
+                    "ALoRA scores ranks to first order in the gates (methods.alora.scoring=taylor: two backward "
+                    "passes a round) instead of by ablation (960 forward passes a round on SmolLM2)"),
         selection_size=1000,
         bench=("--seq_len=64", "--batch=16", "--rounds=6", "--steps_per_round=2", "--num_labels=19"),
         run_overhead_s=60.0,
+        # Ablation scoring is 2 x 480 forward passes of B_val per round on SmolLM2 (8 rounds: ~5x the
+        # training's compute); the first-order estimate is 2 backward passes (gap: tests/methods/test_alora.py).
+        method_overrides={"alora": (("methods.alora.scoring", "taylor"),)},
     )
 
 

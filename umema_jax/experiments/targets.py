@@ -74,7 +74,8 @@ class Target:
 def train_spec(ctx: Context, backbone: P.Backbone, setup: P.DatasetSetup, method: str, size: int, seed: int,
                lr: float, extra: tuple = (), method_overrides: tuple = ()) -> S.RunSpec:
     p = ctx.profile
-    return S.make_spec(setup.config_file, p.common, backbone.overrides, setup.overrides, method_overrides,
+    return S.make_spec(setup.config_file, p.common, backbone.overrides, setup.overrides,
+                       p.method_overrides.get(method, ()), method_overrides,
                        {"model.name": backbone.name, "model.method": method, "data.name": setup.name,
                         "data.train_size": int(size), "seed": int(seed), "optim.learning_rate": float(lr)}, extra)
 
