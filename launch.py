@@ -17,6 +17,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from umema_jax.runtime import enable_compilation_cache  # noqa: F401  (also used by the experiment runner)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<dataset>_<model>_<method>_n<size>_s<seed>).")
@@ -115,17 +117,6 @@ def parse_flags(argv: list) -> list:
         bad = unknown_config_key(argv)
         fail(EXIT_BAD_INPUT, f"unknown config key {bad!r} (not defined in the config file; see "
                              f"configs/common.py)" if bad else f"bad config override: {err}")
-
-
-def enable_compilation_cache() -> None:
-    """Persistent XLA cache ($UMEMA_JAX_CACHE, default ~/.cache/umema_jax/xla; 'off' disables):
-    a resumed or repeated run skips recompiling the same programs (identical executables)."""
-    import jax
-    path = os.environ.get("UMEMA_JAX_CACHE", os.path.expanduser("~/.cache/umema_jax/xla"))
-    if path.lower() in ("", "off", "none", "0"):
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def main(argv) -> None:

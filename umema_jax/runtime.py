@@ -30,3 +30,15 @@ def compiler_options(platform: str, cores: int | None = None) -> dict | None:
         return None
     cores = host_cores() if cores is None else cores
     return dict(_MULTICORE_CPU_OPTIONS) if cores >= 2 else None
+
+
+def enable_compilation_cache() -> None:
+    """Persistent XLA cache ($UMEMA_JAX_CACHE, default ~/.cache/umema_jax/xla; 'off' disables):
+    a resumed or repeated run (and the test suite) skips recompiling the same programs (identical
+    executables)."""
+    import jax
+    path = os.environ.get("UMEMA_JAX_CACHE", os.path.expanduser("~/.cache/umema_jax/xla"))
+    if path.lower() in ("", "off", "none", "0"):
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -236,6 +236,31 @@ def test_no_intact_checkpoint_is_a_one_line_error(finished_run, tmp_path, train_
     assert train_steps == [] and not (tmp_path / "run" / "checkpoints" / "corrupt").exists()
 
 
+def test_a_corrupt_best_checkpoint_is_a_one_line_error_and_moving_it_away_reports_the_last_state(
+        finished_run, tmp_path, train_steps, capsys):
+    full_dir, config, full = finished_run
+    shutil.copytree(full_dir, tmp_path / "run")
+    best_dir = tmp_path / "run" / "checkpoints" / "best"
+    (best_step,) = [s for s in os.listdir(best_dir) if s.isdigit()]
+    _truncate(best_dir / best_step / "state" / "_METADATA")
+    with pytest.raises(CheckpointError, match="best checkpoint .* is unreadable") as err:
+        train_and_evaluate(config, str(tmp_path / "run"), tiny_experiment(), make_mesh())
+    assert "\n" not in str(err.value) and f"best/{best_step}/state/_METADATA" in str(err.value)
+    assert train_steps == []                                  # finished: nothing retrained
+    shutil.move(str(best_dir / best_step), str(tmp_path / "aside"))
+    # as if the best dev score had come at step 5: the last state (step 10) is then not the best one
+    meta_path = tmp_path / "run" / "checkpoints" / "latest" / str(full.steps) / "meta" / "metadata"
+    meta = json.loads(meta_path.read_text())
+    meta["best_step"] = 5
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    last = train_and_evaluate(config, str(tmp_path / "run"), tiny_experiment(), make_mesh())
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: no best")]
+    assert len(warning) == 1 and "best dev step was 5" in warning[0] and f"step {full.steps}" in warning[0]
+    assert last.best_step == last.steps == full.steps         # reports the state it evaluated, not step 5
+    assert last.test == full.test                             # here the best was the last state
+
+
 def test_checkpoints_hold_no_frozen_weights(tmp_path):
     config = tiny_config(**{"train.epochs": 1})
     exp = tiny_experiment()

@@ -240,31 +240,8 @@ class ALoRA(Method):
         return {"active_ranks": sum(jnp.sum(g) for g in jax.tree.leaves(new_state.extra["gates"]))}
 
     # ---------------------------------------------------------------- traced helpers of the controller
-    def scores(self, state, frozen, batch, idx):
-        """(S(M∖r), S(M_r)) for the flat slot indices `idx [C]` (-1: none, so S(M∖-1) = S(M))."""
-        from umema_jax.train.step import cross_entropy_sum, target_mask
-        gates = state.extra["gates"]
-        flat = flat_gates(gates)
-        slot = jnp.arange(flat.size).reshape(flat.shape)[None]
-        hit = slot == idx[:, None, None]
-        configs = jnp.concatenate([jnp.where(hit, 0.0, flat[None]), hit.astype(flat.dtype)])
-        mask = target_mask(batch, self.model.task_type)
-
-        def score(g):
-            extra = dict(state.extra, gates=unflat_gates(g, gates))
-            out = self.model.apply(self.model_variables(frozen, state.trainable, state.memory, extra), batch,
-                                   train=False)
-            return -cross_entropy_sum(out.logits, batch["labels"], mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        s = jax.vmap(score)(configs)
-        return s[: idx.shape[0]], s[idx.shape[0]:]
-
-    def taylor_scores(self, state, frozen, batch):
-        """(S(M), S(M_∅), ∂S/∂g at the current gates, ∂S/∂g with every gate off), gradients flat.
-
-        First-order AB-LoRA: S(M∖r) ≈ S(M) − ∂S/∂g_r|_M and S(M_r) ≈ S(M_∅) + ∂S/∂g_r|_∅, so every rank
-        is scored from two backward passes instead of 2·(active ranks) forward passes. Exact when the
-        loss is linear in a single gate; `tests/methods/test_alora.py` measures the gap to the ablation.
-        """
+    def _score_fn(self, state, frozen, batch):
+        """S(g) = −mean CE of B_val under gates `g` (flat), everything else as in `state`."""
         from umema_jax.train.step import cross_entropy_sum, target_mask
         gates = state.extra["gates"]
         mask = target_mask(batch, self.model.task_type)
@@ -274,7 +251,26 @@ class ALoRA(Method):
             out = self.model.apply(self.model_variables(frozen, state.trainable, state.memory, extra), batch,
                                    train=False)
             return -cross_entropy_sum(out.logits, batch["labels"], mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        flat = flat_gates(gates)
+        return score
+
+    def scores(self, state, frozen, batch, idx):
+        """(S(M∖r), S(M_r)) for the flat slot indices `idx [C]` (-1: none, so S(M∖-1) = S(M))."""
+        flat = flat_gates(state.extra["gates"])
+        slot = jnp.arange(flat.size).reshape(flat.shape)[None]
+        hit = slot == idx[:, None, None]
+        configs = jnp.concatenate([jnp.where(hit, 0.0, flat[None]), hit.astype(flat.dtype)])
+        s = jax.vmap(self._score_fn(state, frozen, batch))(configs)
+        return s[: idx.shape[0]], s[idx.shape[0]:]
+
+    def taylor_scores(self, state, frozen, batch):
+        """(S(M), S(M_∅), ∂S/∂g at the current gates, ∂S/∂g with every gate off), gradients flat.
+
+        First-order AB-LoRA: S(M∖r) ≈ S(M) − ∂S/∂g_r|_M and S(M_r) ≈ S(M_∅) + ∂S/∂g_r|_∅, so every rank
+        is scored from two backward passes instead of 2·(active ranks) forward passes. Exact when the
+        loss is linear in a single gate; `tests/methods/test_alora.py` measures the gap to the ablation.
+        """
+        score = self._score_fn(state, frozen, batch)
+        flat = flat_gates(state.extra["gates"])
         s_full, g_full = jax.value_and_grad(score)(flat)
         s_none, g_none = jax.value_and_grad(score)(jnp.zeros_like(flat))
         return s_full, s_none, g_full, g_none

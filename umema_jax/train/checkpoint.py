@@ -247,8 +247,19 @@ class Checkpoints:
         self.latest.reload()
 
     def restore_best(self, like_state):
+        """(state, meta) of the best-on-dev checkpoint, or None when there is none; an unreadable one
+        raises `CheckpointError` (one line naming the file) instead of silently reporting another state."""
         step = self.best.best_step()
-        return None if step is None else self._restore(self.best, step, like_state)
+        if step is None:
+            return None
+        step_dir = os.path.join(self.root, "best", str(step))
+        try:
+            with _quiet_aborted_reads():
+                return self._restore(self.best, step, like_state)
+        except Exception as err:          # noqa: BLE001 - any unreadable file: one line, no final numbers
+            raise CheckpointError(f"best checkpoint {step_dir} is unreadable ({_reason(err, step_dir)}); move it "
+                                  f"out of {os.path.dirname(step_dir)} and re-run to report the last state "
+                                  f"instead") from None
 
     def discard_after(self, step: int) -> None:
         """Drop best-checkpoints newer than `step` (written by a run that died before its next `latest`)."""

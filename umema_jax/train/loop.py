@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 import signal
 import time
 from typing import Any, Callable
@@ -319,10 +321,13 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
 
     # Final numbers come from the best checkpoint as stored on disk (same path for resumed runs).
     best = ckpt.restore_best(state)
-    best_state, best_meta = best if best is not None else (state, meta)
+    best_state, best_meta = best if best is not None else (state, dict(meta, best_step=step))
     if best is not None:
         controller.load_state_dict(best_meta.get("method") or {})
         best_state, frozen = controller.after_restore(best_state, frozen)
+    elif meta.get("best_step") not in (None, step):
+        print(f"warning: no best checkpoint in {os.path.join(workdir, 'checkpoints', 'best')} (best dev step was "
+              f"{meta['best_step']}); final numbers are of the last state, step {step}", file=sys.stderr, flush=True)
     results, predictions = {}, {}
     for split in ("dev", "test"):
         preds = predict(eval_fn, best_state, frozen, exp.encoded[split], tcfg.eval_batch_size,
