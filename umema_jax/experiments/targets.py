@@ -170,6 +170,18 @@ def choose_lr(results: list) -> dict:
     return out
 
 
+def lr_tables(results: list) -> list:
+    """Dev score by LR, one markdown table per method family (each over its own grid, LRs ascending)."""
+    body = []
+    for fam in ("adapter", "full_weight"):
+        rs = sorted(by(results, family=fam), key=lambda r: (r.cell.labels["lr"] == "-",
+                                                            r.cell.labels["lr"] if r.cell.labels["lr"] != "-" else 0))
+        if rs:
+            body += A.pivot(rs, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]:g}"
+                            if isinstance(ck[0], float) else f"lr {ck[0]}") + [""]
+    return body
+
+
 def lr_select_render(ctx: Context, results: list) -> None:
     selection, body = {}, []
     for b in ctx.profile.backbones:
@@ -194,8 +206,7 @@ def lr_select_render(ctx: Context, results: list) -> None:
     ctx.lr_selection = merged
     body += ["Dev score (primary metric, %) of the baseline at each learning rate; the best is chosen "
              "(ties to the lower LR) and used by every table of the profile.", ""]
-    body += A.pivot(results, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]}")
-    body += [""]
+    body += lr_tables(results)
     for b, fams in selection.items():
         for fam, sel in fams.items():
             if sel.get("chosen") is not None:
@@ -306,8 +317,7 @@ def table2_render(ctx: Context, results: list) -> None:
              f"Grid (adapter family): {list(p.lr_grid)}; full-weight family: {list(p.full_weight_lr_grid)}. "
              f"Selection cell: SemEval, n = {p.selection_size}, seed 0, dev primary metric of the LoRA baseline "
              "(EXPERIMENTS.md §3).", ""]
-    body += A.pivot(results, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]}")
-    body += [""]
+    body += lr_tables(results)
     for b in p.backbones:
         for fam in ("adapter", "full_weight"):
             sel = ctx.lr_selection.get(b.name, {}).get(fam, {})
