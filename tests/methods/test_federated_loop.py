@@ -39,6 +39,12 @@ def test_trains_and_resumes_mid_round_to_identical_results(tmp_path, method, ove
                 shutil.rmtree(part_dir / "checkpoints" / sub / step)
     resumed = train_and_evaluate(config, str(part_dir), build_experiment(config), make_mesh())
     assert resumed.test == full.test and resumed.dev == full.dev
+    assert resumed.method_state == full.method_state             # end-of-training host state, for results.json
+    if method == "splitlora":                                    # the whole run's traffic, not the best step's
+        logged = [r["splitlora_traffic_mb_total"] for r in _records(full_dir) if "splitlora_traffic_mb_total" in r]
+        assert full.method_state["traffic_mb_total"] >= max(logged) > 0
+    else:
+        assert full.method_state["round"] > 0
     np.testing.assert_array_equal(resumed.predictions["test"]["probs"], full.predictions["test"]["probs"])
     assert _records(part_dir) == _records(full_dir)
     losses = [r["loss"] for r in _records(full_dir) if r["split"] == "train"]

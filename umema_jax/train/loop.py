@@ -72,6 +72,8 @@ class RunResult:
     epoch_times: list
     history: list
     train_time_s: float = 0.0        # training loop wall time over all sessions (with dev evals, checkpoints)
+    method_state: dict = dataclasses.field(default_factory=dict)   # the method's host state at the end of
+    #                                  training (`Controller.state_dict`: traffic, rank history, active layers)
 
 
 class _Signals:
@@ -319,6 +321,7 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
         bar.close()
         tracker.close()
 
+    method_state = controller.state_dict()        # end of training (the best checkpoint may be older)
     # Final numbers come from the best checkpoint as stored on disk (same path for resumed runs).
     best = ckpt.restore_best(state)
     best_state, best_meta = best if best is not None else (state, dict(meta, best_step=step))
@@ -338,4 +341,5 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
     return RunResult(dev=results["dev"], test=results["test"], predictions=predictions,
                      best_step=int(best_meta.get("best_step") or step), steps=step,
                      stopped_early=bool(meta["stopped_early"]), epoch_times=list(meta["epoch_times"]),
-                     history=list(meta["history"]), train_time_s=float(meta.get("train_time_s", 0.0)))
+                     history=list(meta["history"]), train_time_s=float(meta.get("train_time_s", 0.0)),
+                     method_state=method_state)
