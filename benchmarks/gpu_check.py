@@ -104,11 +104,12 @@ def main(argv) -> None:
         os.environ["UMEMA_DATA_DIR"] = os.path.abspath(_DATA_DIR.value)
     # one process per method on the GPU (clean peaks); one for both in the tiny check (suite time)
     for method in (("lora,full",) if tiny else ("lora", "full")):
-        output = os.path.join(out, f"bench_{method.replace(',', '_')}.jsonl")
+        tag = method.replace(",", "_")
+        output = os.path.join(out, f"bench_{tag}.jsonl")
         if os.path.exists(output):
             os.remove(output)
-        rc, dt, tail = run(bench_args(tiny, method, output), os.path.join(out, f"bench_{method.replace(',', '_')}.log"))
-        steps.append({"name": f"bench {method}", "rc": rc, "wall_s": dt, "log": f"bench_{method.replace(',', '_')}.log"})
+        rc, dt, tail = run(bench_args(tiny, method, output), os.path.join(out, f"bench_{tag}.log"))
+        steps.append({"name": f"bench {method}", "rc": rc, "wall_s": dt, "log": f"bench_{tag}.log"})
         print(f"[gpu_check] bench {method}: rc {rc} in {dt:.0f} s", flush=True)
         if rc:
             print(tail, file=sys.stderr)

@@ -101,7 +101,9 @@ def _alora_scoring_examples(spec: S.RunSpec, cfg) -> float:
         return 0.0
     from umema_jax.methods.alora import ALoRA
     hp = {k: g(f"methods.alora.{k}", v) for k, v in ALoRA.defaults.items()}
-    targets = 1 if cfg.arch == "gpt2" else 2            # c_attn | q_proj, v_proj (the default target_regex)
+    from umema_jax.adapters.lora import DEFAULT_TARGETS
+    regex = str(g("model.lora.target_regex", "") or DEFAULT_TARGETS[cfg.arch])
+    targets = len(regex.split("|"))                     # modules per layer (c_attn | q_proj, v_proj by default)
     active = cfg.num_layers * targets * int(g("model.lora.rank", 8))
     per_round = 2 * 3 if hp["scoring"] == "taylor" else 2 * (active + 1)   # 2 backward (~3 fwd) | 2 per rank
     return float(int(hp["rounds"]) * per_round * int(hp["val_size"]))

@@ -174,8 +174,8 @@ def lr_tables(results: list) -> list:
     """Dev score by LR, one markdown table per method family (each over its own grid, LRs ascending)."""
     body = []
     for fam in ("adapter", "full_weight"):
-        rs = sorted(by(results, family=fam), key=lambda r: (r.cell.labels["lr"] == "-",
-                                                            r.cell.labels["lr"] if r.cell.labels["lr"] != "-" else 0))
+        lr = lambda r: r.cell.labels["lr"] if isinstance(r.cell.labels["lr"], float) else float("inf")  # noqa: E731
+        rs = sorted(by(results, family=fam), key=lr)      # '-' (not implemented) last
         if rs:
             body += A.pivot(rs, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]:g}"
                             if isinstance(ck[0], float) else f"lr {ck[0]}") + [""]

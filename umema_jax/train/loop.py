@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import signal
+import sys
 import time
 from typing import Any, Callable
 

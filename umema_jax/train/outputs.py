@@ -187,7 +187,7 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
         "sizes": info["sizes"], "full_train_size": info.get("full_train_size"),
         "max_len": config.data.max_len, "encoding": info["encoding"], "token_lengths": info["token_lengths"],
         "method_info": info.get("method"),      # family and hyper-parameters (methods.<name>.*)
-        "method_state": getattr(run, "method_state", {}),   # end of training: e.g. SplitLoRA's traffic
+        "method_state": run.method_state,   # end of training: e.g. SplitLoRA's traffic
         "params": info["params"], "lora": lora_record(getattr(exp.model, "lora_cfg", None),
                                                      getattr(info.get("backbone"), "arch", None)),
         "train_time_per_epoch_s": run.epoch_times,     # complete epochs only; includes compilation in epoch 1
