@@ -6,6 +6,7 @@ milliseconds; tests/experiments/test_smoke_all.py trains the smoke profile for r
 """
 import json
 import os
+import re
 
 import pytest
 
@@ -338,13 +339,42 @@ def test_dry_run_lists_lr_selection_first_with_time_and_memory(tmp_path):
     rows = out["plan"]["runs"]
     assert rows[0]["status"] == "todo" and "lr_select (first)" in rows[0]["targets"]
     cpu = P.get_profile("cpu")
-    full_weight = any(P.method_name(m) for m in P.BASELINES if m.family == "full_weight")   # its own LR grid
-    assert sum(r["status"] == "todo" for r in rows) == len(cpu.lr_grid) + (len(cpu.full_weight_lr_grid)
-                                                                           if full_weight else 0)
+    # table5 holds adapter-family methods only: it waits for the LoRA grid, not the full-weight one
+    assert sum(r["status"] == "todo" for r in rows) == len(cpu.lr_grid)
+    assert all(r["run"].split("_")[2] == "lora" for r in rows if r["status"] == "todo")
     assert sum(r["status"] == "pending LR" for r in rows) == 4 * 2 * 3 * 3 - 1   # one coincides with lr_select's
+    seeds = [int(re.search(r"_s(\d+)_lr", r["run"]).group(1)) for r in rows if r["status"] == "pending LR"]
+    assert seeds == sorted(seeds)                  # seed-major: a stopped target has whole seeds
     sem = next(r for r in rows if r["run"].startswith("semeval_smollm2-135m_full_n1000_s0"))
     assert 10 * 60 < sem["est_s"] < 60 * 60 and 0.5 < sem["mem_gib"] < 16
     assert any("remaining" in m for m in logs) and not os.path.exists(tmp_path / "runs")
+
+
+def test_only_runs_one_slice_and_the_table_marks_the_rest(tmp_path, monkeypatch):
+    ctx = choose(tmp_path)
+    ran = []
+
+    def fake_run(spec, root, isolation="subprocess", env=None):
+        ran.append(spec)
+        write_run(root, spec, fake_results(spec))
+        return 0, ""
+
+    monkeypatch.setattr(runner, "run_one", fake_run)
+    monkeypatch.setattr(P, "implemented_methods", lambda: PAPER_ONLY)
+    pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, log=lambda m: None,
+                         only=["dataset=semeval", "size=1000", "seed=0", "seed=1"])
+    got = {(s.get("data.name"), s.get("data.train_size"), s.get("seed"), s.get("model.method")) for s in ran}
+    assert got == {("semeval", 1000, seed, m) for seed in (0, 1) for m in ("lora", "lora+um", "lora+ema", "full")}
+    assert [s.get("seed") for s in ran] == sorted(s.get("seed") for s in ran)
+    side = json.loads((tmp_path / "out" / "table5.json").read_text())
+    for c in side["cells"]:           # the slice's cells hold 2 of 3 seeds; every other cell says it is missing
+        inside = c["labels"]["dataset"] == "SemEval" and c["labels"]["size"] == "n=1000"
+        assert (c["status"], c["n"]) == (("partial", 2) if inside else ("missing", 0)), c["labels"]
+    assert "(0/3 runs)" in (tmp_path / "out" / "table5.md").read_text()
+    with pytest.raises(ValueError, match="no run of table5 has the key data.colour"):
+        pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, dry_run=True, only=["data.colour=red"])
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, dry_run=True, only=["seed"])
 
 
 def test_paper_profile_memory_comes_from_shapes():

@@ -1,4 +1,5 @@
 """python -m umema_jax.experiments TARGET [TARGET ...] --profile=smoke|cpu|paper [--dry_run] [--max_hours=H]
+                                  [--only=dataset=semeval,size=1000,seed=0,seed=1]
 
 TARGET: lr_select, table1 ... table7, fig4 ... fig7, or all. Runs not finished are run (half-finished
 ones resumed), then every target's table / figure is written to --out with a JSON sidecar.
@@ -19,6 +20,9 @@ _MAX_HOURS = flags.DEFINE_float("max_hours", None, "Stop between runs before thi
 _ISOLATION = flags.DEFINE_enum("isolation", "subprocess", ["subprocess", "inprocess"],
                                "One launch.py process per run, or the same code in this process.")
 _RETRY = flags.DEFINE_bool("retry_failed", False, "Re-run runs that failed before (default: skip them).")
+_ONLY = flags.DEFINE_list("only", [], "Run one slice: KEY=VALUE,... over the runs' config overrides "
+                          "(dataset, size, seed, method, lr, missing, model or any dotted key; a key "
+                          "repeated = either value), e.g. --only=dataset=semeval,size=1000.")
 _AGG = flags.DEFINE_bool("aggregate_only", False, "Run nothing; rebuild outputs from existing runs.")
 
 
@@ -30,7 +34,7 @@ def main(argv) -> None:
     try:
         summary = run_targets(names, _PROFILE.value, _ROOT.value, _OUT.value, isolation=_ISOLATION.value,
                               max_hours=_MAX_HOURS.value, retry_failed=_RETRY.value, dry_run=_DRY.value,
-                              aggregate_only=_AGG.value)
+                              aggregate_only=_AGG.value, only=_ONLY.value)
     except ValueError as err:
         print(f"experiments: error: {err}", file=sys.stderr)
         sys.exit(2)

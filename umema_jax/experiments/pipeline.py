@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.estimate import Estimator, hms, machine
 from umema_jax.experiments.profiles import get_profile
@@ -23,8 +24,59 @@ def expand(names) -> list:
     return list(dict.fromkeys(out))
 
 
-def collect(ctx: Context, names: list) -> tuple[dict, dict]:
-    """({key: (spec, [targets])} runnable now, {key: (spec, [targets])} waiting for the LR choice)."""
+# Short names for the override keys a slice is usually cut along (`--only=dataset=semeval,size=1000`).
+ONLY_ALIASES = {"dataset": "data.name", "size": "data.train_size", "method": "model.method",
+                "lr": "optim.learning_rate", "missing": "data.missing_rate", "model": "model.name"}
+
+
+def parse_only(items) -> dict:
+    """`["dataset=semeval", "seed=0", "seed=1"]` -> {"data.name": {"semeval"}, "seed": {"0", "1"}}.
+
+    Different keys must all match (AND); a key given twice matches either value (OR)."""
+    only = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--only: {item!r} is not KEY=VALUE (e.g. dataset=semeval,size=1000,seed=0)")
+        only.setdefault(ONLY_ALIASES.get(key.strip(), key.strip()), set()).add(value.strip())
+    return only
+
+
+def _same(actual, wanted: str) -> bool:
+    if isinstance(actual, (int, float)) and not isinstance(actual, bool):
+        try:
+            return float(actual) == float(wanted)
+        except ValueError:
+            return False
+    return str(actual) == wanted
+
+
+def matches(spec: S.RunSpec, only: dict) -> bool:
+    """Whether a run belongs to the slice `only` (a run without the key is outside it)."""
+    over = dict(spec.overrides)
+    return all(k in over and any(_same(over[k], v) for v in vals) for k, vals in only.items())
+
+
+def select(jobs: dict, only: dict) -> dict:
+    """The runs of `jobs` inside the slice."""
+    return {key: v for key, v in jobs.items() if matches(v[0], only)} if only else jobs
+
+
+def check_only(ctx: Context, names: list, only: dict) -> None:
+    """A key that no run of the targets has is an error: a typo would otherwise select nothing."""
+    if not only:
+        return
+    jobs, pending = collect(ctx, list(dict.fromkeys(["lr_select"] + names)))
+    known = {k for spec, _ in list(jobs.values()) + list(pending.values()) for k, _ in spec.overrides}
+    unknown = sorted(k for k in only if k not in known)
+    if unknown:
+        raise ValueError(f"--only: no run of {', '.join(names)} has the key {', '.join(unknown)} "
+                         f"(short names: {', '.join(f'{a}={k}' for a, k in ONLY_ALIASES.items())})")
+
+
+def collect(ctx: Context, names: list, only: dict | None = None) -> tuple[dict, dict]:
+    """({key: (spec, [targets])} runnable now, {key: (spec, [targets])} waiting for the LR choice),
+    restricted to the slice `only` (see `parse_only`)."""
     jobs, pending = {}, {}
     for name in names:
         t = TARGETS[name]
@@ -39,11 +91,32 @@ def collect(ctx: Context, names: list) -> tuple[dict, dict]:
         jobs[key][1].extend(f"{t} (if this LR is chosen)" for t in pending.pop(key)[1])
     for v in list(jobs.values()) + list(pending.values()):
         v[1][:] = list(dict.fromkeys(v[1]))
-    return jobs, pending
+    jobs = dict(sorted(jobs.items(), key=lambda kv: _seed(kv[1][0])))   # seed-major: a whole seed first
+    pending = dict(sorted(pending.items(), key=lambda kv: _seed(kv[1][0])))
+    return select(jobs, only or {}), select(pending, only or {})
 
 
-def needs_lr(ctx: Context, names: list) -> bool:
-    return any(c.status == A.PENDING_LR for n in names for c in TARGETS[n].cells(ctx))
+def _seed(spec: S.RunSpec) -> int:
+    """Runs are ordered seed by seed, so a target stopped part-way has complete comparisons at seed 0."""
+    try:
+        return int(spec.get("seed", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def families_waiting(ctx: Context, names: list, only: dict | None = None) -> set:
+    """The method families ('adapter', 'full_weight') whose LR the runs of `names` (in the slice) wait for."""
+    family = {P.method_name(m, ctx.implemented): m.family for m in P.ABLATION + P.BASELINES}
+    return {family.get(spec.get("model.method"), "adapter")
+            for n in names for c in TARGETS[n].cells(ctx) if c.status == A.PENDING_LR
+            for spec in c.placeholder if matches(spec, only or {})}
+
+
+def lr_jobs(ctx: Context, families: set, only: dict | None = None) -> dict:
+    """lr_select's runs for these families only: table5 waits for the adapter grid, not LISA's."""
+    keys = {s.key for c in TARGETS["lr_select"].cells(ctx) if c.labels.get("family") in families for s in c.specs}
+    jobs, _ = collect(ctx, ["lr_select"], only)
+    return {k: v for k, v in jobs.items() if k in keys}
 
 
 def render(ctx: Context, names: list, log) -> list:
@@ -59,12 +132,12 @@ def render(ctx: Context, names: list, log) -> list:
     return written
 
 
-def plan(ctx: Context, names: list, log) -> dict:
+def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
     """The dry run: every run with its status and estimated time and memory on this machine."""
     est = Estimator(ctx.profile, ctx.root)
-    jobs, pending = collect(ctx, names)
+    jobs, pending = collect(ctx, names, only)
     if pending and "lr_select" not in names:     # the LR choice comes first: list its runs too
-        first, _ = collect(ctx, ["lr_select"])
+        first = lr_jobs(ctx, families_waiting(ctx, names, only), only)
         for key, (spec, targets) in first.items():
             jobs.setdefault(key, (spec, []))[1][:0] = ["lr_select (first)"]
             pending.pop(key, None)
@@ -102,23 +175,30 @@ def plan(ctx: Context, names: list, log) -> dict:
 
 def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation: str = "subprocess",
                 max_hours: float | None = None, retry_failed: bool = False, dry_run: bool = False,
-                aggregate_only: bool = False, env: dict | None = None, log=None) -> dict:
-    """The whole command: expand, (run lr_select first if needed), run, aggregate. Returns a summary."""
+                aggregate_only: bool = False, env: dict | None = None, log=None, only=None) -> dict:
+    """The whole command: expand, (run lr_select first if needed), run, aggregate. Returns a summary.
+
+    `only` (["dataset=semeval", "size=1000", ...]) runs one slice of the targets; the tables still
+    show every cell, the ones outside the slice as not computed."""
     log = log or (lambda msg: print(msg, flush=True))
     prof = get_profile(profile)
     root = root or os.path.join(S.REPO_ROOT, "runs", "experiments", profile)
     out = out or os.path.join(S.REPO_ROOT, "results", profile)
     names = expand(names)
+    only = parse_only(only)
     ctx = Context(prof, root, out)
+    check_only(ctx, names, only)
     if dry_run:
-        return {"plan": plan(ctx, names, log)}
+        return {"plan": plan(ctx, names, log, only)}
     summary = {"targets": names, "runs": []}
     deadline = max_hours
     if not aggregate_only:
         est = Estimator(prof, ctx.root)
-        if needs_lr(ctx, names):
-            log("[experiments] learning rates not chosen yet: running lr_select first")
-            jobs, _ = collect(ctx, ["lr_select"])
+        waiting = families_waiting(ctx, names, only)
+        if waiting:
+            log(f"[experiments] learning rates not chosen yet ({', '.join(sorted(waiting))} family): "
+                "running their lr_select grid first")
+            jobs = lr_jobs(ctx, waiting, only)
             s = execute(list(jobs.values()), ctx.root, est, isolation=isolation, max_hours=deadline,
                         retry_failed=retry_failed, env=env, log=log)
             summary["runs"].append(s)
@@ -130,7 +210,7 @@ def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation
                 render(ctx, names, log)
                 summary["stopped"] = s["stopped"]
                 return summary
-        jobs, _ = collect(ctx, names)
+        jobs, _ = collect(ctx, names, only)
         s = execute(list(jobs.values()), ctx.root, est, isolation=isolation, max_hours=deadline,
                     retry_failed=retry_failed, env=env, log=log)
         summary["runs"].append(s)
