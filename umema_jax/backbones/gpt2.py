@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
+from umema_jax.backbones.decoder import DecoderBackbone, DecoderBlock
 from umema_jax.backbones.layers import (LayerNorm, Router, attention, attention_mask_4d, block_dense, gelu_tanh,
                                         last_token_index, layer_span, positions_from_mask)
 from umema_jax.backbones.output import BackboneOutput
@@ -39,19 +40,11 @@ class GPT2MLP(nn.Module):
         return self.dense(self.cfg.hidden_size, name="c_proj")(gelu_tanh(h))
 
 
-class GPT2Block(nn.Module):
+class GPT2Block(DecoderBlock):
     """Pre-LN transformer block; a scan body: (h, mask, last_idx) -> (h, (h or None, routing or None)).
 
     With `route_top_k` > 0 a `Router` picks K of the block's `EXPERTS` per example from
     the block's input at the last real token, and scales their LoRA branches."""
-    cfg: BackboneConfig
-    dtype: Any
-    lora_scale: float | None
-    lora_dropout: float
-    deterministic: bool
-    collect: bool
-    matmul: str
-    route_top_k: int = 0
 
     @nn.compact
     def __call__(self, h, mask, last_idx):
@@ -65,15 +58,8 @@ class GPT2Block(nn.Module):
         return h, (h if self.collect else None, routing)
 
 
-class GPT2Backbone(nn.Module):
-    cfg: BackboneConfig
-    dtype: Any = jnp.float32
-    lora_scale: float | None = None
-    lora_dropout: float = 0.0
-    remat: bool = False            # recompute each layer in the backward pass (less activation memory)
-    matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
-    route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
-    span: tuple | None = None      # (lo, hi): blocks lo..hi-1 only (split learning, see `layer_span`)
+class GPT2Backbone(DecoderBackbone):
+    """GPT-2: learned positions, LayerNorm, tied LM head; blocks under params `h`."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
@@ -93,12 +79,7 @@ class GPT2Backbone(nn.Module):
         else:
             emb = hidden_in.astype(self.dtype)
         mask = attention_mask_4d(attention_mask)
-        body = nn.remat(GPT2Block, prevent_cse=False) if self.remat else GPT2Block
-        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0, "lora_gates": 0},
-                         split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                         length=hi - lo)
-        h, (hs, routing) = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
-                                  output_hidden_states, self.matmul, self.route_top_k, name="h")(
+        h, (hs, routing) = self.blocks(GPT2Block, hi - lo, deterministic, output_hidden_states, "h")(
             emb, mask, last_token_index(attention_mask))
         if hi < cfg.num_layers:         # a client's part: the raw activations at the cut
             return BackboneOutput(emb, hs, h, None, routing)

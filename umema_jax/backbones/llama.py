@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
+from umema_jax.backbones.decoder import DecoderBackbone, DecoderBlock
 from umema_jax.backbones.layers import (Dense, RMSNorm, Router, apply_rope, attention, attention_mask_4d,
                                         block_dense, last_token_index, layer_span, positions_from_mask,
                                         rope_cos_sin, rope_inv_freq)
@@ -45,18 +46,10 @@ class LlamaMLP(nn.Module):
         return self.dense(self.cfg.hidden_size, "down_proj")(jax.nn.silu(g) * u)
 
 
-class LlamaBlock(nn.Module):
+class LlamaBlock(DecoderBlock):
     """Pre-RMSNorm block; a scan body: (h, mask, cos, sin, last_idx) -> (h, (h or None, routing or None)).
 
     With `route_top_k` > 0 a `Router` picks K of the block's `EXPERTS` per example (as GPT2Block)."""
-    cfg: BackboneConfig
-    dtype: Any
-    lora_scale: float | None
-    lora_dropout: float
-    deterministic: bool
-    collect: bool
-    matmul: str
-    route_top_k: int = 0
 
     @nn.compact
     def __call__(self, h, mask, cos, sin, last_idx):
@@ -71,15 +64,8 @@ class LlamaBlock(nn.Module):
         return h, (h if self.collect else None, routing)
 
 
-class LlamaBackbone(nn.Module):
-    cfg: BackboneConfig
-    dtype: Any = jnp.float32
-    lora_scale: float | None = None
-    lora_dropout: float = 0.0
-    remat: bool = False            # recompute each layer in the backward pass (less activation memory)
-    matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
-    route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
-    span: tuple | None = None      # (lo, hi): blocks lo..hi-1 only (split learning, see `layer_span`)
+class LlamaBackbone(DecoderBackbone):
+    """LLaMA / SmolLM2: RoPE, RMSNorm, tied or separate LM head; blocks under params `layers`."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
@@ -97,12 +83,7 @@ class LlamaBackbone(nn.Module):
         pos = positions_from_mask(attention_mask)
         cos, sin = rope_cos_sin(pos, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))
         mask = attention_mask_4d(attention_mask)
-        body = nn.remat(LlamaBlock, prevent_cse=False) if self.remat else LlamaBlock
-        blocks = nn.scan(body, variable_axes={"params": 0, "lora": 0, "lora_gates": 0},
-                         split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                         length=hi - lo)
-        h, (hs, routing) = blocks(cfg, self.dtype, self.lora_scale, self.lora_dropout, deterministic,
-                                  output_hidden_states, self.matmul, self.route_top_k, name="layers")(
+        h, (hs, routing) = self.blocks(LlamaBlock, hi - lo, deterministic, output_hidden_states, "layers")(
             emb, mask, cos, sin, last_token_index(attention_mask))
         if hi < cfg.num_layers:         # a client's part: the raw activations at the cut
             return BackboneOutput(emb, hs, h, None, routing)
