@@ -505,20 +505,21 @@ def _figure_seeds(ctx):
     return ctx.profile.seeds if ctx.profile.name == "paper" else ctx.profile.seeds[:1]
 
 
+def _sweep_cells(ctx, xs, cell) -> list:
+    """The figures' panels {SemEval, PLONER} × backbone, lines {LoRA, Ours} × size, points x in `xs`:
+    `cell(labels, backbone, dataset, method, size, x)` makes each point's cell."""
+    return [cell({"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label, "size": _size_label(n),
+                  "x": x}, b, d, m, n, x)
+            for b in ctx.profile.backbones for d in ("semeval", "ploner") for m in (P.LORA, P.OURS)
+            for n in ctx.profile.figure_sizes for x in xs]
+
+
 def fig4_cells(ctx):
     """Figure 4: LR sensitivity — panels {SemEval, PLONER} × backbone, x = learning rate (log) over the
     profile's grid, y = test primary metric, one line per train size × {LoRA, Ours}. The LoRA SemEval
     points at the selection size are lr_select's runs; this figure reads test, but no LR is chosen from it."""
-    cells = []
-    for b in ctx.profile.backbones:
-        for d in ("semeval", "ploner"):
-            for m in (P.LORA, P.OURS):
-                for n in ctx.profile.figure_sizes:
-                    for lr in ctx.profile.lr_grid:
-                        cells.append(train_cell(ctx, {"backbone": b.label, "dataset": DATASET_LABEL[d],
-                                                      "method": m.label, "size": _size_label(n), "x": lr},
-                                                b, d, m, n, seeds=_figure_seeds(ctx), lr=lr))
-    return cells
+    return _sweep_cells(ctx, ctx.profile.lr_grid, lambda labels, b, d, m, n, lr: train_cell(
+        ctx, labels, b, d, m, n, seeds=_figure_seeds(ctx), lr=lr))
 
 
 def fig5_cells(ctx):
@@ -526,20 +527,14 @@ def fig5_cells(ctx):
     train and test (dev clean), y = test primary metric at the chosen LR, lines per size × {LoRA, Ours}.
     Needs a `data.missing_rate` config key; until it exists the non-zero rates read "not implemented"."""
     supported = P.missing_data_supported()
-    cells = []
-    for b in ctx.profile.backbones:
-        for d in ("semeval", "ploner"):
-            for m in (P.LORA, P.OURS):
-                for n in ctx.profile.figure_sizes:
-                    for rate in ctx.profile.missing_rates:
-                        labels = {"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label,
-                                  "size": _size_label(n), "x": rate}
-                        if rate and not supported:
-                            cells.append(Cell(labels, status=A.NOT_IMPLEMENTED, note="no data.missing_rate key"))
-                            continue
-                        extra = (("data.missing_rate", float(rate)),) if rate else ()
-                        cells.append(train_cell(ctx, labels, b, d, m, n, seeds=_figure_seeds(ctx), extra=extra))
-    return cells
+
+    def cell(labels, b, d, m, n, rate):
+        if rate and not supported:
+            return Cell(labels, status=A.NOT_IMPLEMENTED, note="no data.missing_rate key")
+        extra = (("data.missing_rate", float(rate)),) if rate else ()
+        return train_cell(ctx, labels, b, d, m, n, seeds=_figure_seeds(ctx), extra=extra)
+
+    return _sweep_cells(ctx, ctx.profile.missing_rates, cell)
 
 
 def _curves_png(ctx, results, name, xlabel, logx):
