@@ -75,7 +75,8 @@ _COMPARE = flags.DEFINE_bool("compare", False, "Alternate --methods_to_compare i
 _COMPARE_METHODS = flags.DEFINE_string("methods_to_compare", "",
                                        "Methods for --compare (the first is the baseline); '' = every registered "
                                        "method, lora first; `method/xla`, `method/onednn` set model.cpu_matmul per "
-                                       "entry (matmul paths alternated).")
+                                       "entry (matmul paths alternated); `lisa:form=simple+gamma=4` sets "
+                                       "methods.lisa.* per entry.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "--compare: round-robin rounds.")
 _STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "--compare: timed train steps per method per round.")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "Peak device TFLOP/s for the MFU (0 = known GPUs only).")
@@ -170,11 +171,17 @@ def _stats(times: list[float]) -> dict:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def method_config(method: str):
+def method_config(method: str, hp: str = ""):
     """The root config a method is instantiated with: the defaults of `configs/common.py` (its
-    `methods.<name>` section) plus this benchmark's flags and optimizer settings."""
+    `methods.<name>` section) plus this benchmark's flags and optimizer settings; `hp` ('key=value,...')
+    overrides the method's hyper-parameters (`--methods_to_compare=lisa,lisa:form=simple+gamma=4`)."""
     from configs.common import base_config
     c = base_config()
+    for item in filter(None, hp.split("+")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in c.methods.get(method, {}):
+            raise app.UsageError(f"{method}:{hp}: {item!r} is not KEY=VALUE with a key of methods.{method}")
+        c.methods[method][key] = type(c.methods[method][key])(value)
     c.model.name, c.model.method, c.model.pooling = _BACKBONE.value, method, _POOLING.value
     c.model.dtype, c.model.remat, c.model.cpu_matmul = _DTYPE.value, _REMAT.value, _CPU_MATMUL.value
     c.model.lora.rank, c.model.lora.alpha = _RANK.value, _ALPHA.value
@@ -185,18 +192,18 @@ def method_config(method: str):
     return c
 
 
-def model_view(method: str, cpu_matmul: str = ""):
+def model_view(method: str, cpu_matmul: str = "", hp: str = ""):
     """The root-config view that `umema_jax.model.make_model` reads (`cpu_matmul` '' = --cpu_matmul)."""
     from umema_jax.train.build import model_config_view
-    c = method_config(method)
+    c = method_config(method, hp)
     c.model.cpu_matmul = cpu_matmul or _CPU_MATMUL.value
     return model_config_view(c, _TASK.value, _NUM_LABELS.value)
 
 
-def bench_method(method: str):
-    """The method object (umema_jax/methods) with its default hyper-parameters and the benchmark's flags."""
+def bench_method(method: str, hp: str = ""):
+    """The method object (umema_jax/methods) with its default hyper-parameters (or `hp`) and the benchmark's flags."""
     from umema_jax import methods   # imported late: jax must not start before XLA_FLAGS are set
-    c = method_config(method)
+    c = method_config(method, hp)
     meth = methods.from_config(c)
     clients = int(c.methods[method].clients) if method == "splitlora" else 1
     if _BATCH.value % clients:
@@ -230,11 +237,12 @@ class Runner:
         from umema_jax.train.state import cast_tree, count_params, create_train_state
         from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
-        self.label = method                            # "lora" or, to compare matmul paths, "lora/xla"
-        self.method, _, matmul = method.partition("/")
+        self.label = method                 # "lora", "lora/xla" (a matmul path), "lisa:form=simple" (hyper-params)
+        named, _, matmul = method.partition("/")
+        self.method, _, hp = named.partition(":")
         backbone_cfg, weights = shared["backbone"]
-        impl = bench_method(self.method)
-        model = impl.make_model(model_view(self.method, matmul), backbone_cfg)
+        impl = bench_method(self.method, hp)
+        model = impl.make_model(model_view(self.method, matmul, hp), backbone_cfg)
         self.cpu_matmul = model.cpu_matmul
         self.lora_cfg = model.lora_cfg
         self.full_weight = impl.family == "full_weight"
@@ -243,6 +251,7 @@ class Runner:
         if weights is not None:
             params["backbone"] = jax.tree.map(jnp.asarray, weights)
         trained, frozen = impl.split(params)
+        self.total_params = count_params(params) + count_params(variables.get("lora", {}))   # the model's own
         del params, variables["params"]
         frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
         trainable = impl.init_trainable({"lora": variables.get("lora", {}), "params": trained})
@@ -274,7 +283,6 @@ class Runner:
         self.controller = Controller(impl, 1_000_000, 1_000_000) if plan else impl.controller(1_000_000, 1_000_000)
         self.steps_taken = 0
         self.trainable_params = impl.count_trainable(trainable)
-        self.total_params = count_params(trainable) + count_params(frozen)
 
         t0 = time.perf_counter()
         lowered = train_fn.lower(self.state, self.frozen, self.batch)
@@ -379,13 +387,13 @@ def emit(rec: dict) -> None:
 
 
 def _parse_methods(spec: str) -> list[str]:
-    """Comma-separated `method` or `method/cpu_matmul` (e.g. `lora/xla,lora/onednn`: matmul paths
-    alternated); '' = every registered method, lora first."""
+    """Comma-separated `method[:key=value+...][/cpu_matmul]` (e.g. `lora/xla,lora/onednn`: matmul paths
+    alternated; `lisa,lisa:form=simple`: two settings of one method); '' = every registered method, lora first."""
     from umema_jax import methods as registry
     from umema_jax.kernels.cpu_gemm import CHOICES
     known = registry.names()
     methods = [m.strip() for m in spec.split(",") if m.strip()] or list(known)
-    bad = [m for m in methods if m.partition("/")[0] not in known or
+    bad = [m for m in methods if m.partition("/")[0].partition(":")[0] not in known or
            (m.partition("/")[1] and m.partition("/")[2] not in CHOICES)]
     if bad:
         raise app.UsageError(f"unknown method(s) {bad}; choose from {known}, optionally /{'|'.join(CHOICES)}")

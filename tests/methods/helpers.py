@@ -34,7 +34,7 @@ def method_setup(name: str, model: str = "gpt2-tiny", total_steps: int = 10, bac
         net = net.clone(dtype=jnp.dtype(dtype))
     variables = init_variables(net, jax.random.PRNGKey(0))
     trained, frozen = method.split(dict(variables["params"]))
-    trainable = {"lora": variables.get("lora", {}), "params": trained}
+    trainable = method.init_trainable({"lora": variables.get("lora", {}), "params": trained})
     tx, schedule = method.optimizer(total_steps)
     state = create_train_state(trainable, variables.get("memory", {}), tx, 0, method)
     step = make_train_step(net, tx, schedule, "cls", method=method)

@@ -19,20 +19,19 @@ L, GAMMA, K = 8, 2, 2
 BODY = "params/backbone/h/"
 
 
-def _setup(**overrides):
+def _setup(form="simple", **overrides):
     cfg = dataclasses.replace(get_backbone_config("gpt2-tiny"), num_layers=L)
     # eps 1e-4: the reference below takes gradients from another XLA program; they differ by float
     # rounding, which Adam's first steps amplify to ~lr where |g| ~ eps (a larger eps keeps that < 1e-6)
     opts = {"methods.lisa.gamma": GAMMA, "methods.lisa.interval_steps": K, "optim.weight_decay": 0.1,
             "optim.warmup_ratio": 0.0, "optim.learning_rate": 1e-3, "optim.grad_clip_norm": 0.05,
-            "optim.eps": 1e-4, **overrides}
+            "optim.eps": 1e-4, "methods.lisa.form": form, **overrides}
     return method_setup("lisa", backbone_cfg=cfg, total_steps=3 * K, **opts)
 
 
-@pytest.fixture(scope="module")
-def run():
+def _run(form):
     """3K steps in the loop's order (controller.before_step, then the one jitted step), traces counted."""
-    s = _setup()
+    s = _setup(form)
     traces = []
 
     def counted(*args):
@@ -49,6 +48,49 @@ def run():
         assert int(m["finite"]) == 1
         states.append(state)
     return types.SimpleNamespace(s=s, states=states, masks=masks, ctrl=ctrl, traces=traces, step_fn=step_fn)
+
+
+@pytest.fixture(scope="module")
+def run():
+    return _run("simple")
+
+
+@pytest.fixture(scope="module")
+def run_efficient():
+    return _run("efficient")
+
+
+def test_efficient_form_trains_gamma_slots_and_equals_the_simple_form(run, run_efficient):
+    """The efficient form (γ slots trained, all L blocks in extra['body']) takes the same steps as the simple
+    form: same draws, same embeddings / norm / head and the same L blocks after every step (the slots
+    written back), with gradients and AdamW moments over γ blocks only."""
+    eff, simple = run_efficient, run
+    assert [m.tolist() for m in eff.masks] == [m.tolist() for m in simple.masks]
+    slots = flat(eff.s.state.trainable)
+    assert all(x.shape[0] == GAMMA for k, x in slots.items() if k.startswith("layer_slots/"))
+    assert not any(k.startswith(BODY) for k in slots)                      # the body is not trained as a tree
+    mu = _adam_states(eff.states[1].opt_state, "body")[0].mu
+    assert {x.shape[0] for x in jax.tree.leaves(mu)} == {GAMMA}            # moments: γ blocks, not L
+    assert eff.s.method.count_trainable(eff.s.state.trainable) == \
+        simple.s.method.count_trainable(simple.s.state.trainable)
+    for t in range(1, len(simple.states)):
+        a, b = simple.states[t], eff.states[t]
+        body_a = flat(simple.s.method.final_body(a))
+        body_b = flat(eff.s.method.final_body(b))
+        for k in body_a:
+            np.testing.assert_allclose(np.asarray(body_b[k]), np.asarray(body_a[k]), rtol=0, atol=2e-6,
+                                       err_msg=f"step {t}: block {k}")
+        other_a, other_b = flat(a.trainable["params"]), flat(b.trainable["params"])
+        assert set(other_b) == {k for k in other_a if not k.startswith("backbone/h/")}
+        for k in other_b:
+            np.testing.assert_allclose(np.asarray(other_b[k]), np.asarray(other_a[k]), rtol=0, atol=2e-6,
+                                       err_msg=f"step {t}: {k}")
+    sampled = np.any(eff.masks, axis=0) > 0
+    first, last = flat(eff.s.method.final_body(eff.states[0])), flat(eff.s.method.final_body(eff.states[-1]))
+    assert not sampled.all()
+    for k, x in first.items():                                  # never-drawn blocks: bitwise unchanged
+        np.testing.assert_array_equal(np.asarray(last[k])[~sampled], np.asarray(x)[~sampled], err_msg=k)
+    assert len(eff.traces) == 1 and eff.step_fn._cache_size() == 1 and eff.ctrl._resample._cache_size() == 1
 
 
 def test_unsampled_blocks_stay_bitwise_frozen_under_weight_decay_and_the_set_changes_only_every_k(run):
@@ -152,7 +194,8 @@ def test_no_recompilation_when_the_active_set_changes(run):
     assert run.ctrl._resample._cache_size() == 1
 
 
-def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("form", ["efficient", "simple"])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, form):
     """Smoke config end to end (fixture data, tiny GPT-2): a crash after step 6 (a resample point, K = 3)
     and a resume give the same metrics, predictions and logs, method records included."""
     from configs.smoke import get_config
@@ -163,6 +206,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     config.model.method = "lisa"
     config.methods.lisa.interval_steps = 3
     config.methods.lisa.gamma = 1                              # gpt2-tiny has 2 blocks: one active at a time
+    config.methods.lisa.form = form
     config.train.checkpoint_every_steps = 2
     config.train.max_to_keep = 20
     config.output.tensorboard = False
@@ -182,4 +226,21 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert records(part) == records(tmp_path / "full")
     periods = [r["lisa_period"] for r in records(part) if r["split"] == "method"]
     assert periods == [0, 1, 2, 3, 4]                          # steps 0, 3, 6, 9, 12
-    assert exp.info["params"]["trainable"] < exp.info["params"]["trainable_tree"]
+    if form == "simple":      # all blocks in the tree; one step changes E + H + γ of them
+        assert exp.info["params"]["trainable"] < exp.info["params"]["trainable_tree"]
+    else:                     # the tree is E + H + the γ slots
+        assert exp.info["params"]["trainable"] == exp.info["params"]["trainable_tree"]
+
+
+def test_efficient_form_holds_gamma_blocks_of_optimizer_state_on_llama3_8b_shapes():
+    """From shapes alone (nothing materialised): the trained tree and AdamW state of the efficient form cover
+    embeddings + final norm + head + γ = 2 of the 32 blocks; the 32 blocks ride in the method state."""
+    from umema_jax.train.memory_estimate import estimate
+    r = estimate("llama3-8b", "lisa", devices=1)
+    block = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096   # q,o + k,v (GQA) + MLP + 2 norms
+    eh = 128256 * 4096 + 4096 + 4096 * 19 + 19                               # embedding, final norm, head
+    assert r["params_trainable"] == eh + 2 * block
+    rows = r["per_device_bytes"]
+    assert rows["trainable (replicated)"] == 4 * (eh + 2 * block)
+    assert rows["AdamW moments (fp32)"] < 2 * 4 * (eh + 2 * block) + 1024
+    assert rows["method state (LISA blocks, FLoRA delta)"] >= 4 * 32 * block

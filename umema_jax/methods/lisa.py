@@ -6,13 +6,22 @@ blocks and train with their full weights until the next draw. Like LMFlow's
 trainer, the body's AdamW state (moments and count) restarts at each draw
 while the embedding/head state and the LR schedule continue.
 
-"Simple" implementation of BASELINES §3 (exact LISA numerics, full-FT memory):
-all blocks are in the trainable tree (scanned, `[L, …]`); the active set is
-`extra['layer_mask'] [L]`, traced data, so a new draw never recompiles.
-Inactive blocks get zero gradient (so the global-norm clip sees only active
-ones) and their parameters are *selected* back (`where`), not multiplied by a
-mask: AdamW's decoupled decay moves zero-gradient weights and `optax.masked`
-passes masked updates through, so only a select keeps them bitwise frozen.
+Two forms of BASELINES §3 with the same numerics (`methods.lisa.form`):
+
+- `simple`: all blocks are in the trainable tree (scanned, `[L, …]`); the
+  active set is `extra['layer_mask'] [L]`, traced data, so a new draw never
+  recompiles. Inactive blocks get zero gradient (so the global-norm clip sees
+  only active ones) and their parameters are *selected* back (`where`), not
+  multiplied by a mask: AdamW's decoupled decay moves zero-gradient weights and
+  `optax.masked` passes masked updates through, so only a select keeps them
+  bitwise frozen. Gradients, AdamW moments and the update cover all L blocks.
+- `efficient` (default): the trainable tree holds the γ active blocks as
+  *slots* (`trainable['layer_slots']`, `[γ, …]`); all L blocks live in
+  `extra['body']` (checkpointed, never differentiated) and `extra['slot_of'] [L]`
+  says which layer runs from which slot (`backbones/decoder.py`: a `lax.cond`
+  per layer, so the frozen layers compute no weight gradient). At each draw the
+  slots are written back into the body and the new active blocks gathered, in
+  one jitted function. Gradients and moments cover γ blocks, not L.
 
 The draw of period p uses `fold_in(extra['sampler_key'], p)`, a function of
 the checkpointed state and the step, so resume repeats it exactly.
@@ -26,6 +35,9 @@ import optax
 from umema_jax.methods.base import Controller, Method, register
 from umema_jax.methods.full_ft import ALL_BUT_LM_HEAD
 from umema_jax.train.state import BLOCK_SCOPES, is_block_leaf
+
+FORMS = ("efficient", "simple")
+SLOTS = "layer_slots"             # trainable[SLOTS] = {'backbone': {scope: block tree [γ, …]}}
 
 SAMPLER_TAG = 0x115A                  # separates the sampler's key from the run's other keys
 
@@ -45,6 +57,18 @@ def _layer_select(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)) > 0, new, old)
 
 
+def slot_indices(mask: jax.Array, gamma: int) -> tuple[jax.Array, jax.Array]:
+    """(active layers [γ] ascending, slot_of [L]: the slot of each layer, -1 = frozen) for a 0/1 mask."""
+    idx = jnp.nonzero(mask > 0, size=gamma)[0].astype(jnp.int32)
+    slot_of = jnp.full(mask.shape, -1, jnp.int32).at[idx].set(jnp.arange(gamma, dtype=jnp.int32))
+    return idx, slot_of
+
+
+def _concrete(tree):
+    """Arrays as they are; shapes-only leaves (`jax.eval_shape` estimates) as zeros, abstract under tracing."""
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+
+
 def reset_adam(tree):
     """Every `ScaleByAdamState` in `tree` back to its init (zero moments, zero count); other states kept."""
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
@@ -57,7 +81,8 @@ class LISA(Method):
     family = "full_weight"
     use_lora = False
     defaults = {"gamma": 2,                # γ active blocks (paper, 7B runs)
-                "interval_steps": 20}      # K steps between draws (LMFlow `lisa_interval_steps`)
+                "interval_steps": 20,      # K steps between draws (LMFlow `lisa_interval_steps`)
+                "form": "efficient"}       # efficient (γ blocks trained) | simple (all L, masked); module doc
     trainable_regex = ALL_BUT_LM_HEAD      # blocks are in the tree; the mask decides which move
 
     @classmethod
@@ -65,6 +90,12 @@ class LISA(Method):
         for key in ("gamma", "interval_steps"):
             if int(hp[key]) < 1:
                 raise ValueError(f"methods.lisa.{key}={hp[key]}: must be >= 1")
+        if hp.form not in FORMS:
+            raise ValueError(f"methods.lisa.form={hp.form!r}: must be one of {', '.join(FORMS)}")
+
+    @property
+    def efficient(self) -> bool:
+        return self.hp is None or self.hp.form == "efficient"
 
     def split(self, params):
         trained, frozen = super().split(params)
@@ -75,9 +106,28 @@ class LISA(Method):
         if int(self.hp.gamma) > self.num_layers:
             raise ValueError(f"methods.lisa.gamma={self.hp.gamma}: more than the {self.num_layers} blocks of "
                              f"{self.config.model.name}")
+        if self.efficient:                 # the blocks leave the trained tree for extra['body'] (init_extra)
+            backbone = dict(trained["backbone"])
+            self.scope = next(k for k in BLOCK_SCOPES if k in backbone)
+            self._body = {"backbone": {self.scope: backbone.pop(self.scope)}}
+            trained = {**trained, "backbone": backbone}
         return trained, frozen
 
+    def init_trainable(self, trainable):
+        if not self.efficient:
+            return trainable
+        idx, _ = slot_indices(self._first_draw(), int(self.hp.gamma))
+        return {**trainable, SLOTS: jax.tree.map(lambda x: x[idx], _concrete(self._body))}
+
+    def _sampler_key(self):
+        return jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), SAMPLER_TAG)
+
+    def _first_draw(self):
+        return sample_layers(self._sampler_key(), 0, self.num_layers, int(self.hp.gamma))
+
     def count_trainable(self, trainable):
+        if self.efficient:                 # E + H + the γ slots: exactly the trained tree
+            return int(sum(x.size for x in jax.tree.leaves(trainable)))
         body = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(trainable) if is_body(p))
         total = sum(x.size for x in jax.tree.leaves(trainable))
         layers = {x.shape[0] for p, x in jax.tree_util.tree_leaves_with_path(trainable) if is_body(p)}.pop()
@@ -93,17 +143,33 @@ class LISA(Method):
         return tx, schedule
 
     def init_extra(self, trainable):
-        key = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), SAMPLER_TAG)
-        num_layers = {x.shape[0] for p, x in jax.tree_util.tree_leaves_with_path(trainable) if is_body(p)}.pop()
-        return {"layer_mask": sample_layers(key, 0, num_layers, int(self.hp.gamma)), "sampler_key": key}
+        extra = {"layer_mask": self._first_draw(), "sampler_key": self._sampler_key()}
+        if self.efficient:
+            extra["slot_of"] = slot_indices(extra["layer_mask"], int(self.hp.gamma))[1]
+            extra["body"] = _concrete(self._body)
+        return extra
+
+    def model_variables(self, frozen, trainable, memory, extra):
+        if not self.efficient:
+            return super().model_variables(frozen, trainable, memory, extra)
+        from umema_jax.train.state import merge_params
+        variables = super().model_variables(merge_params(frozen, extra["body"]),
+                                            {k: v for k, v in trainable.items() if k != SLOTS}, memory, extra)
+        slots = trainable[SLOTS]["backbone"]
+        variables[SLOTS] = {"backbone": {**slots, "slot_of": extra["slot_of"]}}
+        return variables
 
     def transform_gradients(self, grads, state):
+        if self.efficient:                 # every trained leaf is active
+            return grads
         mask = state.extra["layer_mask"]
         return jax.tree_util.tree_map_with_path(
             lambda p, g: _layer_select(mask, g, jnp.zeros_like(g)) if is_body(p) else g, grads)
 
     def apply_gradients(self, tx, state, grads):
         trainable, opt_state, extra = super().apply_gradients(tx, state, grads)
+        if self.efficient:
+            return trainable, opt_state, extra
         mask = state.extra["layer_mask"]
         trainable = jax.tree_util.tree_map_with_path(
             lambda p, new, old: _layer_select(mask, new, old) if is_body(p) else new, trainable, state.trainable)
@@ -113,9 +179,28 @@ class LISA(Method):
         """New draw for `period` and a fresh body AdamW state (jitted once by the controller)."""
         clip_state, groups = state.opt_state
         inner = dict(groups.inner_states, body=reset_adam(groups.inner_states["body"]))
-        extra = dict(state.extra, layer_mask=sample_layers(state.extra["sampler_key"], period,
-                                                          state.extra["layer_mask"].shape[0], int(self.hp.gamma)))
-        return state.replace(opt_state=(clip_state, groups._replace(inner_states=inner)), extra=extra)
+        gamma = int(self.hp.gamma)
+        mask = sample_layers(state.extra["sampler_key"], period, state.extra["layer_mask"].shape[0], gamma)
+        extra, trainable = dict(state.extra, layer_mask=mask), state.trainable
+        if self.efficient:                 # write the slots back into the body, gather the new active blocks
+            old, _ = slot_indices(state.extra["layer_mask"], gamma)
+            new, extra["slot_of"] = slot_indices(mask, gamma)
+            body = jax.tree.map(lambda b, x: b.at[old].set(x.astype(b.dtype)), state.extra["body"],
+                                trainable[SLOTS])
+            extra["body"] = body
+            trainable = {**trainable, SLOTS: jax.tree.map(lambda b: b[new], body)}
+        return state.replace(trainable=trainable, opt_state=(clip_state, groups._replace(inner_states=inner)),
+                             extra=extra)
+
+    def final_body(self, state):
+        """All L blocks as trained so far (efficient form: the body with the current slots written back)."""
+        if not self.efficient:
+            return state.trainable["params"]["backbone"][next(k for k in BLOCK_SCOPES
+                                                              if k in state.trainable["params"]["backbone"])]
+        old, _ = slot_indices(state.extra["layer_mask"], int(self.hp.gamma))
+        body = jax.tree.map(lambda b, x: b.at[old].set(x.astype(b.dtype)), state.extra["body"],
+                            state.trainable[SLOTS])
+        return body["backbone"][self.scope]
 
     def controller(self, total_steps, steps_per_epoch):
         return LISAController(self, total_steps, steps_per_epoch)

@@ -126,7 +126,9 @@ def build_experiment(config) -> Experiment:
         "ids": {s: list(encoded[s].ids) for s in ("dev", "test")},
         "examples": {s: splits.split(s) for s in ("dev", "test")},
     }
-    info["params"]["total"] = info["params"]["trainable_tree"] + info["params"]["frozen"]
+    # The model's own parameters (not the trained tree: SplitLoRA holds client copies of its LoRA there,
+    # LISA's efficient form γ slots of blocks carried in the state besides)
+    info["params"]["total"] = count_params(params) + count_params(variables.get("lora", {}))
     evaluate = make_evaluator(splits.task_type, list(splits.labels), encoded,
                               {s: splits.split(s) for s in ("dev", "test")})
     return Experiment(model=model, frozen=frozen, trainable=trainable,

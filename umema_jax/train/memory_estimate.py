@@ -73,6 +73,7 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
         "gradients (transient)": shd.bytes_per_device(trainable, rep(trainable)),
         "AdamW moments (fp32)": shd.bytes_per_device(state.opt_state, rep(state.opt_state)),
         "memory bank (fp32)": shd.bytes_per_device(memory, rep(memory)),
+        "method state (LISA blocks, FLoRA delta)": shd.bytes_per_device(state.extra, rep(state.extra)),
     }
     report = {"model": model_name, "method": method, "lora_rank": rank, "devices": devices,
               "mesh": dict(mesh.shape), "params_frozen": count(frozen),
