@@ -418,3 +418,26 @@ def test_estimates_count_aloras_scoring_and_the_cpu_profile_scores_to_first_orde
     ablation = E.run_time_s(spec("alora", (("methods.alora.scoring", "ablation"),)), setup, 60)
     assert lora < taylor < 1.2 * lora                 # 8 rounds x 2 backward passes of 32 examples
     assert ablation > 5 * lora                        # 8 rounds x 2 x 481 forward passes of 32 examples
+
+
+def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):
+    ctx = choose(tmp_path)
+    for spec, _ in pipeline.collect(ctx, ["table5"])[0].values():
+        if spec.get("data.name") == "semeval" and spec.get("data.train_size") == 1000:
+            write_run(ctx.root, spec, fake_results(spec, primary=0.6543))
+    pipeline.render(ctx, ["table5"], log=lambda m: None)
+    readme = tmp_path / "README.md"
+    intro, outro = "# Title\n\nhand-written text\n\n", "\nmore text\n<!-- experiments:paper/table5 -->\nkept\n" \
+                                                      "<!-- /experiments -->\n"
+    readme.write_text(intro + "<!-- experiments:cpu/table5 -->\nstale 12.34\n<!-- /experiments -->\n"
+                      "<!-- experiments:cpu/table6 -->\nnot rendered yet\n<!-- /experiments -->\n" + outro)
+    assert pipeline.sync_readme(ctx.out, "cpu", str(readme)) == ["table5"]
+    text = readme.read_text()
+    block = text.split("<!-- experiments:cpu/table5 -->\n")[1].split("<!-- /experiments -->")[0]
+    table = (tmp_path / "out" / "table5.md").read_text()
+    assert "65.43" in block and "stale" not in block and "Claims" in block and "(0/3 runs)" in block
+    assert all(line in table for line in block.splitlines() if line.startswith("| "))   # the output's own rows
+    assert "python -m umema_jax.experiments table5 --profile=cpu" in block and "out/table5.md" in block
+    assert text.startswith(intro) and text.endswith(outro) and "not rendered yet" in text   # the rest untouched
+    pipeline.sync_readme(ctx.out, "cpu", str(readme))
+    assert readme.read_text() == text                                                   # idempotent

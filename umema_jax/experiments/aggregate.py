@@ -237,7 +237,9 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
     sidecar = {"target": target, "title": title, "profile": ctx.profile.name, "command": command, "commit": sha,
                "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "deviations": list(ctx.profile.deviations), "learning_rates": ctx.lr_selection,
-               "root": ctx.root, "cells": [c.to_json() for c in cells], "claims": claims}
+               "root": ctx.root, "cells": [c.to_json() for c in cells], "claims": claims,
+               # what the README shows of this output (pipeline.sync_readme): the table(s) and the verdicts
+               "summary_markdown": "\n".join(body + ["", "Claims (EXPERIMENTS.md §5):", ""] + claims_markdown(claims))}
     sidecar.update(extra or {})
     S_write_json(os.path.join(out_dir, f"{target}.json"), sidecar)
     return sidecar

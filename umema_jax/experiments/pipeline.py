@@ -1,7 +1,9 @@
 """Targets -> deduplicated run list -> runner -> aggregated outputs (and the dry-run plan)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 
 from umema_jax.experiments import aggregate as A
 from umema_jax.experiments import profiles as P
@@ -119,6 +121,43 @@ def lr_jobs(ctx: Context, families: set, only: dict | None = None) -> dict:
     return {k: v for k, v in jobs.items() if k in keys}
 
 
+README_BLOCK = re.compile(r"(<!-- experiments:(?P<profile>[\w-]+)/(?P<target>\w+) -->\n)(?P<old>.*?)(<!-- /experiments -->)",
+                          re.S)
+
+
+def sync_readme(out_dir: str, profile: str, readme: str) -> list:
+    """Rewrites each block `<!-- experiments:<profile>/<target> -->` … `<!-- /experiments -->` of `readme`
+    with that target's table(s) and claim verdicts from its sidecar in `out_dir`, plus the command and
+    commit, so the README shows the runner's numbers and never hand-copied ones. Returns the targets done."""
+    if not os.path.isfile(readme):
+        return []
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    done = []
+
+    def fill(m):
+        sidecar = os.path.join(out_dir, f"{m['target']}.json")
+        if m["profile"] != profile or not os.path.isfile(sidecar):
+            return m.group(0)
+        with open(sidecar, encoding="utf-8") as f:
+            side = json.load(f)
+        if "summary_markdown" not in side:
+            return m.group(0)
+        done.append(m["target"])
+        rel = os.path.relpath(os.path.join(out_dir, f"{m['target']}.md"), os.path.dirname(os.path.abspath(readme)))
+        return (m.group(1) + side["summary_markdown"].rstrip() + "\n\n"
+                + f"(`{side['command']}` at commit `{side['commit'][:12]}`; the full output with the deviations "
+                  f"from the paper: [{rel}]({rel}))\n" + m.group(5))
+
+    new = README_BLOCK.sub(fill, text)
+    if new != text:
+        tmp = readme + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(new)
+        os.replace(tmp, readme)
+    return done
+
+
 def render(ctx: Context, names: list, log) -> list:
     written = []
     for name in names:
@@ -129,6 +168,10 @@ def render(ctx: Context, names: list, log) -> list:
         done = sum(r.n for r in results)
         expected = sum(r.expected for r in results)
         log(f"[experiments] {name}: {done}/{expected} cell values computed -> {written[-1]}")
+    if os.path.abspath(ctx.out) == os.path.join(S.REPO_ROOT, "results", ctx.profile.name):   # not a test's out
+        synced = sync_readme(ctx.out, ctx.profile.name, os.path.join(S.REPO_ROOT, "README.md"))
+        if synced:
+            log(f"[experiments] README.md blocks updated: {', '.join(synced)}")
     return written
 
 
