@@ -19,7 +19,7 @@ from umema_jax.experiments.targets import LR_FILE, ORDER, TARGETS, Context
 
 def fake_results(spec, primary=0.5, dev=0.4, **extra):
     metric = "span_f1" if spec.get("data.name") in ("wnut17", "ploner") else "accuracy"
-    test = {metric: primary, "ece": 0.1, "nll": 1.5, "brier": 0.6}
+    test = {metric: primary, "ece": 0.1, "nll": 1.5, "brier": 0.6, "auroc_error_maxprob": 0.77}
     r = {"dataset": spec.get("data.name"), "model": spec.get("model.name"), "method": spec.get("model.method"),
          "seed": spec.get("seed"), "primary_metric": metric, "test": test, "dev": {metric: dev, "ece": 0.1},
          "test_posthoc_ts": {metric: primary, "ece": 0.05, "nll": 1.4, "brier": 0.59}, "best_step": 5, "steps": 10,
@@ -187,8 +187,14 @@ def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
     assert claims["C8c"]["verdict"] == A.CANNOT_TELL          # Ours > +UM holds where computed, cells missing
     assert "3 support" in claims["C8c"]["detail"] or "1 support" in claims["C8c"]["detail"]
     t7 = (tmp_path / "out" / "table7.md").read_text()
-    ts_row = "| LoRA + post-hoc TS | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | 1.00 ± 0.00 | 1.0000 ± 0.0000 | 0.5000"
+    ts_row = "| LoRA + post-hoc TS | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | 1.00 ± 0.00 | " \
+             "1.0000 ± 0.0000 | 0.5000"
     assert ts_row in t7                              # 20News not computed; SemEval read from test_posthoc_ts
+    assert "| SmolLM2-135M | +UM (extra) | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | 10.00 ± " \
+        in t7                                        # the ablation's other rows, with the primary metric
+    auroc = t7.split("Error detection")[1]
+    assert "| SmolLM2-135M | Ours (LoRA+UM+EMA) |" in auroc and "n/a (no auroc_error_u_bar)" in auroc
+    assert "| SmolLM2-135M | LoRA | – (0/3 runs) |  |  |  | 77.00 ± 0.00 |" in auroc   # LoRA: max-prob only
     t3 = (tmp_path / "out" / "table3.md").read_text()
     assert "| SmolLM2-135M | LISA | not implemented |" in t3
 

@@ -104,7 +104,8 @@ def metric_key(path: str) -> str:
 def fmt(x: float | None, metric: str) -> str:
     if x is None:
         return "n/a"
-    return f"{100 * x:.2f}" if metric_key(metric) in PERCENT + ("{primary}",) else f"{x:.4f}"
+    key = metric_key(metric)
+    return f"{100 * x:.2f}" if key in PERCENT + ("{primary}",) or key.startswith("auroc_") else f"{x:.4f}"
 
 
 def get_metric(results: dict, path: str):

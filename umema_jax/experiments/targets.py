@@ -462,36 +462,56 @@ def table6_render(ctx, results):
 # --------------------------------------------------------------------------- table7
 
 CAL_METRICS = (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
+# Table 7's rows: the paper's three, then the ablation's other two as extras (issue 15: every variant's
+# raw calibration next to LoRA + post-hoc TS); (label, method, results.json section)
+CAL_ROWS = (("LoRA", P.LORA, "test"), ("LoRA + post-hoc TS", P.LORA, "test_posthoc_ts"), (P.OURS.label, P.OURS, "test"),
+            ("+UM (extra)", P.UM, "test"), ("+EMA (extra)", P.EMA, "test"))
+# Error detection (issue 15): AUROC of telling misclassified from correct test targets by each score
+AUROC_SCORES = (("max-prob", "auroc_error_maxprob"), ("ū", "auroc_error_u_bar"), ("u_ale", "auroc_error_u_ale"),
+                ("u_epi", "auroc_error_u_epi"))
 
 
 def table7_cells(ctx):
     """Table 7: calibration at the largest size — LoRA, LoRA + post-hoc temperature scaling (T fitted on dev
     NLL; read from the LoRA run's `test_posthoc_ts`), and Ours, on the four datasets, ECE / NLL / Brier
-    (test). No new runs: they are table5/table6's."""
+    (test), with the primary metric beside them; +UM and +EMA as extra rows. A second table: how well each
+    uncertainty detects errors (AUROC; max-probability for every method, the UM scores where the model has
+    them). No new runs: they are table5/table6's."""
     n = ctx.profile.sizes[-1]
     cells = []
     for b in ctx.profile.backbones:
         for d in CLS + NER:
             if d not in ctx.profile.datasets:
                 continue
-            for label, method, prefix in (("LoRA", P.LORA, "test"), ("LoRA + post-hoc TS", P.LORA, "test_posthoc_ts"),
-                                          (P.OURS.label, P.OURS, "test")):
-                for mlabel, key in CAL_METRICS:
-                    cells.append(train_cell(ctx, {"backbone": b.label, "method": label, "dataset": DATASET_LABEL[d],
-                                                  "metric": mlabel}, b, d, method, n, metric=f"{prefix}.{key}"))
+            for label, method, prefix in CAL_ROWS:
+                for mlabel, key in CAL_METRICS + (("Acc / F1", "{primary}"),):
+                    cells.append(train_cell(ctx, {"part": "calibration", "backbone": b.label, "method": label,
+                                                  "dataset": DATASET_LABEL[d], "metric": mlabel},
+                                            b, d, method, n, metric=f"{prefix}.{key}"))
+            for method in (P.LORA, P.UM, P.OURS):
+                for slabel, key in AUROC_SCORES[:1] if method is P.LORA else AUROC_SCORES:
+                    cells.append(train_cell(ctx, {"part": "auroc", "backbone": b.label, "method": method.label,
+                                                  "dataset": DATASET_LABEL[d], "score": slabel},
+                                            b, d, method, n, metric=f"test.{key}"))
     return cells
 
 
 def table7_render(ctx, results):
+    cal = [r for r in results if r.cell.labels["part"] == "calibration"]
+    auroc = [r for r in results if r.cell.labels["part"] == "auroc"]
     body = [f"Test calibration at n = {ctx.profile.sizes[-1]} (ECE in %, 15 equal-width bins, top-label; NER over "
-            "the first sub-token of each word), mean ± std over seeds.", ""]
-    body += A.pivot(results, ("backbone", "method"), ("dataset", "metric"))
+            "the first sub-token of each word), mean ± std over seeds; the task's primary metric (accuracy or "
+            "span F1, %) beside them.", ""]
+    body += A.pivot(cal, ("backbone", "method"), ("dataset", "metric"))
+    body += ["", "Error detection on test: AUROC (%) of telling misclassified from correct targets by each score "
+             "(max-prob: 1 − max p; ū, u_ale, u_epi: the UM branch's uncertainties; 50 = chance).", ""]
+    body += A.pivot(auroc, ("backbone", "method"), ("dataset", "score"))
     claims = []
     for cid, text, worse in (("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (L108–109)", "LoRA"),
                              ("extra", "(not a paper claim) Ours vs LoRA + post-hoc TS, same metrics",
                               "LoRA + post-hoc TS")):
         comps = [x for mlabel, _ in CAL_METRICS
-                 for x in _pair_claim(results, "", "", P.OURS.label, worse, higher=False,
+                 for x in _pair_claim(cal, "", "", P.OURS.label, worse, higher=False,
                                       metric=mlabel)["comparisons"]]
         v, d = A.combine([x["verdict"] for x in comps])
         claims.append(A.claim(cid, text, v, d + _one_seed_note(comps), comps))
