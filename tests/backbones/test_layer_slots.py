@@ -28,8 +28,7 @@ def _slot_vars(params, scope, active, layers):
     return {"slot_of": jnp.asarray(slot_of), scope: slots}
 
 
-@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("name,remat", [("gpt2-tiny", False), ("llama-tiny", True)])
 def test_slotted_stack_equals_the_plain_one_in_value_and_in_the_active_layers_gradients(name, remat):
     cfg, params, scope, ids, mask = _case(name)
     module = build_backbone(cfg, remat=remat)
