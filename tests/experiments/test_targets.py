@@ -441,9 +441,24 @@ def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):
     text = readme.read_text()
     block = text.split("<!-- experiments:cpu/table5 -->\n")[1].split("<!-- /experiments -->")[0]
     table = (tmp_path / "out" / "table5.md").read_text()
-    assert "65.43" in block and "stale" not in block and "Claims" in block and "(0/3 runs)" in block
-    assert all(line in table for line in block.splitlines() if line.startswith("| "))   # the output's own rows
+    assert "65.43" in block and "stale" not in block and "Claims" in block and "SemEval n=1000" in block
+    assert "(0/3 runs)" not in block and "left out here" in block          # the empty grid is compacted
+    compact = A.compact_tables(table.splitlines())
+    assert all(line in compact for line in block.splitlines() if line.startswith("| "))   # the output's own rows
     assert "python -m umema_jax.experiments table5 --profile=cpu" in block and "out/table5.md" in block
     assert text.startswith(intro) and text.endswith(outro) and "not rendered yet" in text   # the rest untouched
     pipeline.sync_readme(ctx.out, "cpu", str(readme))
     assert readme.read_text() == text                                                   # idempotent
+
+
+def test_compact_tables_leave_out_what_has_no_value():
+    lines = ["intro", "| backbone | method | a | b | c |", "|---|---|---|---|---|",
+             "| M | LoRA | 1.00 | – (0/3 runs) | – (LR not chosen) |",
+             "| M | Ours | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) |",
+             "| M | UM | 2.00 (1/3 seeds) |  | – (0/1 runs) |", "", "| backbone | method | x |", "|---|---|---|",
+             "| M | LISA | – (0/1 runs) |", "outro"]
+    assert A.compact_tables(lines) == [
+        "intro", "| backbone | method | a |", "|---|---|---|", "| M | LoRA | 1.00 |", "| M | UM | 2.00 (1/3 seeds) |",
+        "outro", "", "(Rows and columns with no computed value yet are left out here.)"]
+    full = ["| backbone | method | a |", "|---|---|---|", "| M | LoRA | 1.00 |"]
+    assert A.compact_tables(full) == full                     # nothing to leave out: unchanged, no note

@@ -210,6 +210,44 @@ def pivot(results: list, row_keys: tuple, col_keys: tuple, col_name=None) -> lis
     return lines
 
 
+def _empty(cell: str) -> bool:
+    cell = cell.strip()
+    return not cell or (cell.startswith("– (") and ("runs)" in cell or "LR not chosen" in cell))
+
+
+def compact_tables(lines: list) -> list:
+    """The markdown tables of `lines` without the columns and rows that hold no computed value (the
+    README's view of a mostly empty grid); other lines as they are, plus a note when anything was left out."""
+    out, dropped, i = [], False, 0
+    while i < len(lines):
+        if not (lines[i].startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---")):
+            out.append(lines[i])
+            i += 1
+            continue
+        j = i + 2
+        while j < len(lines) and lines[j].startswith("| "):
+            j += 1
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in [lines[i]] + lines[i + 2:j]]
+        head, body = rows[0], rows[1:]
+        labels = next((k for k, h in enumerate(head) if h in ("method", "metric")), 0) + 1   # leading label columns
+        keep_rows = [r for r in body if not all(_empty(c) for c in r[labels:])]
+        keep_cols = [k for k in range(len(head)) if k < labels or any(not _empty(r[k]) for r in keep_rows)]
+        dropped |= len(keep_rows) < len(body) or len(keep_cols) < len(head)
+        if not keep_rows:                 # nothing computed in this table: leave it out (and its blank line)
+            if out and not out[-1].strip():
+                out.pop()
+            i = j
+            continue
+        for n, r in enumerate([head] + keep_rows):
+            out.append("| " + " | ".join(r[k] for k in keep_cols) + " |")
+            if n == 0:
+                out.append("|" + "---|" * len(keep_cols))
+        i = j
+    if dropped:
+        out += ["", "(Rows and columns with no computed value yet are left out here.)"]
+    return out
+
+
 # --------------------------------------------------------------------------- outputs
 
 def commit() -> str:
@@ -240,7 +278,8 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
                "deviations": list(ctx.profile.deviations), "learning_rates": ctx.lr_selection,
                "root": ctx.root, "cells": [c.to_json() for c in cells], "claims": claims,
                # what the README shows of this output (pipeline.sync_readme): the table(s) and the verdicts
-               "summary_markdown": "\n".join(body + ["", "Claims (EXPERIMENTS.md §5):", ""] + claims_markdown(claims))}
+               "summary_markdown": "\n".join(compact_tables(body) + ["", "Claims (EXPERIMENTS.md §5):", ""]
+                                             + claims_markdown(claims))}
     sidecar.update(extra or {})
     S_write_json(os.path.join(out_dir, f"{target}.json"), sidecar)
     return sidecar
