@@ -83,7 +83,7 @@ class LISA(Method):
     defaults = {"gamma": 2,                # γ active blocks (paper, 7B runs)
                 "interval_steps": 20,      # K steps between draws (LMFlow `lisa_interval_steps`)
                 "form": "efficient"}       # efficient (γ blocks trained) | simple (all L, masked); module doc
-    trainable_regex = ALL_BUT_LM_HEAD      # blocks are in the tree; the mask decides which move
+    trainable_regex = ALL_BUT_LM_HEAD      # E + H + blocks (efficient: the blocks then move to extra['body'])
 
     @classmethod
     def validate(cls, hp) -> None:
@@ -183,24 +183,23 @@ class LISA(Method):
         mask = sample_layers(state.extra["sampler_key"], period, state.extra["layer_mask"].shape[0], gamma)
         extra, trainable = dict(state.extra, layer_mask=mask), state.trainable
         if self.efficient:                 # write the slots back into the body, gather the new active blocks
-            old, _ = slot_indices(state.extra["layer_mask"], gamma)
             new, extra["slot_of"] = slot_indices(mask, gamma)
-            body = jax.tree.map(lambda b, x: b.at[old].set(x.astype(b.dtype)), state.extra["body"],
-                                trainable[SLOTS])
-            extra["body"] = body
+            extra["body"] = body = self._written_back(state)
             trainable = {**trainable, SLOTS: jax.tree.map(lambda b: b[new], body)}
         return state.replace(trainable=trainable, opt_state=(clip_state, groups._replace(inner_states=inner)),
                              extra=extra)
 
-    def final_body(self, state):
-        """All L blocks as trained so far (efficient form: the body with the current slots written back)."""
-        if not self.efficient:
-            return state.trainable["params"]["backbone"][next(k for k in BLOCK_SCOPES
-                                                              if k in state.trainable["params"]["backbone"])]
+    def _written_back(self, state):
+        """Efficient form: `extra['body']` with the current slots written into their layers."""
         old, _ = slot_indices(state.extra["layer_mask"], int(self.hp.gamma))
-        body = jax.tree.map(lambda b, x: b.at[old].set(x.astype(b.dtype)), state.extra["body"],
-                            state.trainable[SLOTS])
-        return body["backbone"][self.scope]
+        return jax.tree.map(lambda b, x: b.at[old].set(x.astype(b.dtype)), state.extra["body"], state.trainable[SLOTS])
+
+    def final_body(self, state):
+        """All L blocks as trained so far (`{module: [L, …]}`), in either form."""
+        if self.efficient:
+            return self._written_back(state)["backbone"][self.scope]
+        backbone = state.trainable["params"]["backbone"]
+        return backbone[next(k for k in BLOCK_SCOPES if k in backbone)]
 
     def controller(self, total_steps, steps_per_epoch):
         return LISAController(self, total_steps, steps_per_epoch)
