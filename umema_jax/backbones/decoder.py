@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from umema_jax.backbones.config import BackboneConfig
+from umema_jax.backbones.layers import layer_span
 
 
 class DecoderBlock(nn.Module):
@@ -47,6 +48,11 @@ class DecoderBackbone(nn.Module):
     matmul: str = "xla"            # the per-layer Dense products: "xla" | "onednn" (see layers.Dense)
     route_top_k: int = 0           # > 0: MiLoRA routing over the block's LoRA experts (layers.Router)
     span: tuple | None = None      # (lo, hi): blocks lo..hi-1 only (split learning, see `layers.layer_span`)
+
+    def span_and_mask(self, input_ids, attention_mask, hidden_in, compute_logits: bool):
+        """(lo, hi, attention_mask): the blocks this (part of the) backbone runs, and the mask (default all ones)."""
+        lo, hi = layer_span(self.span, self.cfg.num_layers, hidden_in, compute_logits)
+        return lo, hi, (jnp.ones_like(input_ids) if attention_mask is None else attention_mask)
 
     def blocks(self, block: type, n_layers: int, deterministic: bool, collect: bool, name: str):
         """`n_layers` blocks as one scanned module (variables stacked on axis 0), called like one block.

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from umema_jax.backbones.config import BackboneConfig
 from umema_jax.backbones.decoder import DecoderBackbone, DecoderBlock
 from umema_jax.backbones.layers import (LayerNorm, Router, attention, attention_mask_4d, block_dense, gelu_tanh,
-                                        last_token_index, layer_span, positions_from_mask)
+                                        last_token_index, positions_from_mask)
 from umema_jax.backbones.output import BackboneOutput
 
 # Every linear module of a block, in the order of a router's expert axis (MiLoRA).
@@ -65,9 +65,7 @@ class GPT2Backbone(DecoderBackbone):
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
                  compute_logits=False, hidden_in=None):
         cfg = self.cfg
-        lo, hi = layer_span(self.span, cfg.num_layers, hidden_in, compute_logits)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+        lo, hi, attention_mask = self.span_and_mask(input_ids, attention_mask, hidden_in, compute_logits)
         pos = positions_from_mask(attention_mask)
         if lo == 0:
             wte = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from umema_jax.backbones.config import BackboneConfig
 from umema_jax.backbones.decoder import DecoderBackbone, DecoderBlock
 from umema_jax.backbones.layers import (Dense, RMSNorm, Router, apply_rope, attention, attention_mask_4d,
-                                        block_dense, last_token_index, layer_span, positions_from_mask,
+                                        block_dense, last_token_index, positions_from_mask,
                                         rope_cos_sin, rope_inv_freq)
 from umema_jax.backbones.output import BackboneOutput
 
@@ -71,9 +71,7 @@ class LlamaBackbone(DecoderBackbone):
     def __call__(self, input_ids, attention_mask=None, deterministic=True, output_hidden_states=False,
                  compute_logits=False, hidden_in=None):
         cfg = self.cfg
-        lo, hi = layer_span(self.span, cfg.num_layers, hidden_in, compute_logits)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+        lo, hi, attention_mask = self.span_and_mask(input_ids, attention_mask, hidden_in, compute_logits)
         if lo == 0:
             embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
                              param_dtype=jnp.float32, dtype=self.dtype, name="embed_tokens")
