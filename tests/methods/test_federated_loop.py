@@ -2,12 +2,12 @@
 mid-round resumes to the same final numbers as the uninterrupted run."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 from configs.smoke import get_config
+from tests.train.standins import killed_after
 from umema_jax.train.build import build_experiment
 from umema_jax.train.loop import train_and_evaluate
 from umema_jax.train.sharding import make_mesh
@@ -32,11 +32,7 @@ def test_trains_and_resumes_mid_round_to_identical_results(tmp_path, method, ove
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     full = train_and_evaluate(config, str(full_dir), build_experiment(config), make_mesh())
     assert full.steps == 12 if method == "splitlora" else full.steps == 18
-    shutil.copytree(full_dir, part_dir)                       # a run killed after step `cut_after`
-    for sub in ("latest", "best"):
-        for step in os.listdir(part_dir / "checkpoints" / sub):
-            if int(step) > cut_after:
-                shutil.rmtree(part_dir / "checkpoints" / sub / step)
+    killed_after(full_dir, cut_after, part_dir)
     resumed = train_and_evaluate(config, str(part_dir), build_experiment(config), make_mesh())
     assert resumed.test == full.test and resumed.dev == full.dev
     assert resumed.method_state == full.method_state             # end-of-training host state, for results.json

@@ -1,8 +1,6 @@
 """LISA (BASELINES.md §3): bitwise-frozen blocks under weight decay, the resample schedule, uniform draws,
 a fresh AdamW over the gathered active slices as reference, optimizer resets, no recompilation, resume."""
 import dataclasses
-import os
-import shutil
 import types
 
 import jax
@@ -12,6 +10,7 @@ import optax
 import pytest
 
 from tests.methods.helpers import flat, method_setup, random_batch
+from tests.train.standins import killed_after
 from umema_jax.backbones.config import get_backbone_config
 from umema_jax.methods.lisa import sample_layers
 
@@ -212,12 +211,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, form
     config.output.tensorboard = False
     exp = build_experiment(config)
     full = train_and_evaluate(config, str(tmp_path / "full"), exp, make_mesh())
-    part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full", part)
-    for sub in ("latest", "best"):
-        for step in os.listdir(part / "checkpoints" / sub):
-            if int(step) > 6:
-                shutil.rmtree(part / "checkpoints" / sub / step)
+    part = killed_after(tmp_path / "full", 6, tmp_path / "part")
     resumed = train_and_evaluate(config, str(part), exp, make_mesh())
     assert resumed.test == full.test and resumed.dev == full.dev and resumed.steps == full.steps == 14
     np.testing.assert_array_equal(resumed.predictions["test"]["probs"], full.predictions["test"]["probs"])

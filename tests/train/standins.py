@@ -148,3 +148,17 @@ def tiny_experiment(n_train: int = 40, seed: int = 0):
 
     return Experiment(model=model, frozen=frozen, trainable={"lora": variables["lora"], "params": trained},
                       memory=variables["memory"], task_type="cls", encoded=enc, evaluate=evaluate)
+
+
+def killed_after(run_dir, step: int, dest):
+    """A copy of finished run `run_dir` at `dest` as a run killed after `step` would leave it: every
+    checkpoint (latest and best) newer than `step` removed. Resuming it must reproduce the run."""
+    import os
+    import shutil
+    shutil.copytree(run_dir, dest)
+    for sub in ("latest", "best"):
+        folder = os.path.join(dest, "checkpoints", sub)
+        for name in os.listdir(folder):
+            if int(name) > step:
+                shutil.rmtree(os.path.join(folder, name))
+    return dest

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train.standins import tiny_config, tiny_experiment
+from tests.train.standins import killed_after, tiny_config, tiny_experiment
 from umema_jax.train.checkpoint import CheckpointError, Checkpoints, check_config
 from umema_jax.train.loop import NonFiniteLoss, train_and_evaluate
 from umema_jax.train.sharding import make_mesh
@@ -102,14 +102,7 @@ def test_rerun_of_finished_workdir_resumes_without_training(tmp_path, train_step
 def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, train_steps):
     config = tiny_config(**{"train.max_to_keep": 10})
     full = train_and_evaluate(config, str(tmp_path / "full"), tiny_experiment(), make_mesh())
-    # Simulate a crash after step 6: copy the run, then delete every checkpoint newer than 6.
-    import shutil
-    part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full", part)
-    for sub in ("latest", "best"):
-        for step in os.listdir(part / "checkpoints" / sub):
-            if int(step) > 6:
-                shutil.rmtree(part / "checkpoints" / sub / step)
+    part = killed_after(tmp_path / "full", 6, tmp_path / "part")          # a crash after step 6
     train_steps.clear()
     resumed = train_and_evaluate(config, str(part), tiny_experiment(), make_mesh())
     assert len(train_steps) == 4                              # steps 7..10 only
