@@ -99,11 +99,9 @@ def collect(ctx: Context, names: list, only: dict | None = None) -> tuple[dict, 
 
 
 def _seed(spec: S.RunSpec) -> int:
-    """Runs are ordered seed by seed, so a target stopped part-way has complete comparisons at seed 0."""
-    try:
-        return int(spec.get("seed", 0))
-    except (TypeError, ValueError):
-        return 0
+    """Runs are ordered seed by seed, so a target stopped part-way has complete comparisons at seed 0
+    (benchmark specs have no seed: first)."""
+    return int(spec.get("seed", 0))
 
 
 def families_waiting(ctx: Context, names: list, only: dict | None = None) -> set:
@@ -151,10 +149,8 @@ def sync_readme(out_dir: str, profile: str, readme: str) -> list:
 
     new = README_BLOCK.sub(fill, text)
     if new != text:
-        tmp = readme + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(new)
-        os.replace(tmp, readme)
+        from umema_jax.train.outputs import write_text
+        write_text(readme, new)
     return done
 
 

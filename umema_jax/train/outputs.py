@@ -97,12 +97,16 @@ def prediction_records(task_type: str, label_names: list, preds: dict, encoded, 
     return records
 
 
-def write_predictions(path: str, records: list) -> None:
+def write_text(path: str, text: str) -> None:
+    """Atomic write (tmp + rename) of a text file: a killed process never leaves half of it."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(_jsonable(rec)) + "\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_predictions(path: str, records: list) -> None:
+    write_text(path, "".join(json.dumps(_jsonable(rec)) + "\n" for rec in records))
 
 
 def results_table(results: dict) -> str:
