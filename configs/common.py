@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.um.temperature_bias_init = -4.0   # b_T at init (T starts ~1.02)
     c.model.um.kappa_init = -4.0         # κ at init
     c.model.um.temperature_max = 3.0     # soft bound of T; 0 = unbounded METHOD form (collapses, docs/METHOD_IMPL.md)
-    c.model.um.temperature_input = "raw"  # what w_T reads: raw M_U (METHOD) | unit (its direction; issue 15)
+    c.model.um.temperature_input = "unit"  # what w_T reads: unit = M_U's direction (default; seed 2 collapsed with raw) | raw M_U (METHOD); docs/METHOD_IMPL.md dev. 13
     c.model.um.spread_eps = 1e-6
     # EMA branch (METHOD §2; fields of umema_jax.memory.fusion.EMAConfig), used by lora+ema and full.
     c.model.ema = ml_collections.ConfigDict()

@@ -27,3 +27,25 @@ def test_rows_are_relative_to_the_lora_run(tmp_path):
 def test_missing_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_run(str(tmp_path))
+
+
+def _write_metrics(folder, temperatures):
+    folder.mkdir()
+    records = [{"step": 10 * (i + 1), "split": "train", "loss": 1.0, "branch/temperature_mean": t}
+               for i, t in enumerate(temperatures)]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_telemetry_curves_name_the_runs_by_their_labels(tmp_path):
+    import subprocess
+    import sys
+    _write_metrics(tmp_path / "run_a", [1.0, 2.0, 3.0])
+    _write_metrics(tmp_path / "run_b", [1.0, 1.1, 1.0])
+    png = tmp_path / "t.png"
+    cmd = [sys.executable, "-m", "umema_jax.report", str(tmp_path / "run_a"), str(tmp_path / "run_b"),
+           f"--telemetry={png}"]
+    ok = subprocess.run(cmd + ["--labels=raw T,unit T"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run(cmd + ["--labels=only one"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--labels has 1 names for 2 run directories" in bad.stderr

@@ -32,7 +32,7 @@ def test_temperature_stays_bounded_when_m_u_is_scaled_by_100(t_max):
     """The unbounded METHOD form follows a growing M_U without limit (T ≈ 20 in the collapsed run);
     the bounded form never leaves [1, t_max]."""
     inputs = _um_inputs()
-    module = UncertaintyModule(UMConfig(d_u=8, temperature_max=t_max))
+    module = UncertaintyModule(UMConfig(d_u=8, temperature_max=t_max, temperature_input="raw"))   # METHOD's T input
     params = jax.jit(module.init)(jax.random.PRNGKey(0), *inputs)["params"]
     params = dict(params)
     # w_T along M_U's mean direction (so w_T·M_U > 0), then M_U × 100.

@@ -19,6 +19,8 @@ _OUT = flags.DEFINE_string("out", "", "Also write the markdown table to this fil
 _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON to this file.")
 _TELEMETRY = flags.DEFINE_string("telemetry", "", "Write the UM/EMA telemetry curves of the runs "
                                  "(their metrics.jsonl; finished or not) to this PNG instead of a table.")
+_LABELS = flags.DEFINE_list("labels", [], "Names of the runs in the telemetry legend, one per RUN_DIR "
+                            "(default: the directory names).")
 
 
 def load_run(workdir: str) -> dict:
@@ -98,8 +100,12 @@ def main(argv):
         sys.exit(2)
     if _TELEMETRY.value:
         from umema_jax.metrics.plots import telemetry_curves
+        labels = _LABELS.value or [os.path.basename(os.path.normpath(d)) for d in dirs]
+        if len(labels) != len(dirs):
+            print(f"report: error: --labels has {len(labels)} names for {len(dirs)} run directories", file=sys.stderr)
+            sys.exit(2)
         try:
-            runs = {os.path.basename(os.path.normpath(d)): load_metrics(d) for d in dirs}
+            runs = {label: load_metrics(d) for label, d in zip(labels, dirs)}
         except FileNotFoundError as err:
             print(f"report: error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -35,7 +35,7 @@ def write_run(root, spec, results):
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump(results, f)
     with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({}, f)
+        json.dump(S.load_config(spec).to_dict(), f)          # what launch.py records
 
 
 # The paper's four variants only: these tests check how cells read while baselines are missing, whichever
@@ -449,6 +449,17 @@ def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):
     assert text.startswith(intro) and text.endswith(outro) and "not rendered yet" in text   # the rest untouched
     pipeline.sync_readme(ctx.out, "cpu", str(readme))
     assert readme.read_text() == text                                                   # idempotent
+    # a later render at another commit with the same numbers leaves the README alone; new numbers do not
+    sidecar = tmp_path / "out" / "table5.json"
+    side = json.loads(sidecar.read_text())
+    side["commit"] = "f" * 40
+    sidecar.write_text(json.dumps(side))
+    pipeline.sync_readme(ctx.out, "cpu", str(readme))
+    assert readme.read_text() == text
+    side["summary_markdown"] = side["summary_markdown"].replace("65.43", "66.66")
+    sidecar.write_text(json.dumps(side))
+    pipeline.sync_readme(ctx.out, "cpu", str(readme))
+    assert "66.66" in readme.read_text() and "ffffffffffff" in readme.read_text()
 
 
 def test_compact_tables_leave_out_what_has_no_value():
@@ -462,3 +473,38 @@ def test_compact_tables_leave_out_what_has_no_value():
         "outro", "", "(Rows and columns with no computed value yet are left out here.)"]
     full = ["| backbone | method | a |", "|---|---|---|", "| M | LoRA | 1.00 |"]
     assert A.compact_tables(full) == full                     # nothing to leave out: unchanged, no note
+
+
+def test_a_run_trained_under_other_defaults_is_stale_never_aggregated_nor_resumed(tmp_path, monkeypatch):
+    """Runs are keyed by their overrides, so a changed default (issue 15: `model.um.temperature_input`)
+    would leave a finished run's numbers in a table they no longer describe: such a run is `stale`."""
+    root = str(tmp_path / "runs")
+    spec = S.make_spec("configs/smoke.py", {"model.method": "full", "seed": 0})
+    lora = S.make_spec("configs/smoke.py", {"model.method": "lora", "seed": 0})
+    for s in (spec, lora):
+        write_run(root, s, fake_results(s))
+    assert S.status(root, spec) == "done" and S.load_results(root, spec) is not None
+    path = os.path.join(S.workdir(root, spec), "config.json")
+    recorded = json.load(open(path))
+    recorded["model"]["um"]["temperature_input"] = "raw" if recorded["model"]["um"]["temperature_input"] == "unit" \
+        else "unit"
+    json.dump(recorded, open(path, "w"))
+    assert S.stale_keys(root, spec) == ["model.um.temperature_input"]
+    assert S.status(root, spec) == "stale" and S.load_results(root, spec) is None
+    # a method without the UM branch does not depend on its settings: the same edit leaves it done
+    path = os.path.join(S.workdir(root, lora), "config.json")
+    recorded = json.load(open(path))
+    recorded["model"]["um"]["temperature_input"] = "raw" if recorded["model"]["um"]["temperature_input"] == "unit" \
+        else "unit"
+    json.dump(recorded, open(path, "w"))
+    assert S.status(root, lora) == "done"
+    # the runner neither trains nor counts the stale run, and says why
+    trained, lines = [], []
+    monkeypatch.setattr(runner, "run_one", lambda spec, *a, **k: trained.append(spec) or (0, ""))
+    class Est:
+        def time_s(self, spec):
+            return 1.0
+
+    summary = runner.execute([(spec, ["table7"]), (lora, ["table7"])], root, Est(), log=lines.append)
+    assert trained == [] and summary["ran"] == 0
+    assert any("stale, not used" in line and "model.um.temperature_input" in line for line in lines)

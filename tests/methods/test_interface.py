@@ -54,6 +54,19 @@ def test_only_the_selected_methods_section_decides_a_runs_identity():
     assert not any(k.startswith("methods.") for k in config_identity(base_config()))   # lora: as before
 
 
+def test_branch_settings_decide_identity_only_for_methods_that_build_the_branch():
+    """A new UM default must not make a LoRA run unresumable (issue 15's `temperature_input`)."""
+    a, b = base_config(), base_config()
+    b.model.um.temperature_max = 7.0
+    b.model.ema.slots = 8
+    assert config_identity(a) == config_identity(b)                      # lora builds neither branch
+    for method, differs in (("lora+um", "model.um."), ("lora+ema", "model.ema."), ("full", "model.")):
+        a.model.method = b.model.method = method
+        diff = {k for k in set(config_identity(a)) | set(config_identity(b))
+                if config_identity(a).get(k) != config_identity(b).get(k)}
+        assert diff and all(k.startswith(differs) for k in diff), (method, diff)
+
+
 def test_full_ft_trains_end_to_end_on_the_smoke_config(tmp_path):
     from launch import run_config
     from configs.smoke import get_config

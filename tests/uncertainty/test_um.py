@@ -12,6 +12,12 @@ B, N, D, L = 3, 7, 16, 4
 CFG = UMConfig(d_u=8, quant_levels=8, num_tasks=2)
 
 
+def temperature_input_np(m_u):
+    """What `w_T` reads under CFG (the default): M_U's direction ('unit') or M_U itself ('raw')."""
+    m_u = np.asarray(m_u, np.float64)
+    return m_u / np.sqrt((m_u ** 2).sum(-1, keepdims=True) + 1e-12) if CFG.temperature_input == "unit" else m_u
+
+
 def _inputs(seed=0):
     r = np.random.RandomState(seed)
     emb = r.randn(B, N, D).astype(np.float32)
@@ -128,7 +134,7 @@ def test_guidance_confidence_importance_and_temperature_match_numpy(setup):
     m_u = dense("W_m", np.concatenate([np.asarray(out.mu_u)[:, None], np.asarray(out.s_u)[:, None], e], -1))
     np.testing.assert_allclose(out.memory_embedding, m_u, atol=1e-4)
     sp = lambda x: np.log1p(np.exp(x))
-    raw = sp(dense("w_T", m_u)[:, 0]) + sp(p["kappa"]) * np.asarray(out.u_bar)
+    raw = sp(dense("w_T", temperature_input_np(m_u))[:, 0]) + sp(p["kappa"]) * np.asarray(out.u_bar)
     span = CFG.temperature_max - 1
     np.testing.assert_allclose(out.temperature, 1 + span * np.tanh(raw / span), rtol=1e-5)
 
@@ -174,7 +180,8 @@ def test_temperature_grows_with_uncertainty(setup):
     assert np.all(np.diff(np.asarray(t)) > 0) and np.all(np.asarray(t) > 1.0)
     # In the module: T − (1 + softplus(w_T·M_U + b_T)) = softplus(κ)·ū, for sequences and tokens.
     out = apply(params, *args)
-    base = np.asarray(out.memory_embedding) @ np.asarray(params["w_T"]["kernel"])[:, 0] + np.asarray(params["w_T"]["bias"])[0]
+    base = temperature_input_np(np.asarray(out.memory_embedding)) @ np.asarray(params["w_T"]["kernel"])[:, 0] \
+        + np.asarray(params["w_T"]["bias"])[0]
     sp = lambda x: np.log1p(np.exp(x))
     raw = sp(base) + sp(np.asarray(params["kappa"])) * np.asarray(out.u_bar)
     span = CFG.temperature_max - 1

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import inspect
-import json
 import math
 import os
 
 from umema_jax.experiments import specs as S
+from umema_jax.train.outputs import write_json, write_text
 
 PERCENT = ("accuracy", "span_f1", "ece", "primary", "macro_f1", "semeval_f1", "aurc", "f1")
 
@@ -271,8 +271,7 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
     if lr:
         md += [f"- learning rates: {lr}"]
     md += ["", f"Command: `{command}` · commit `{sha}` · runs under `{ctx.root}`", ""]
-    with open(os.path.join(out_dir, f"{target}.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
+    write_text(os.path.join(out_dir, f"{target}.md"), "\n".join(md))
     sidecar = {"target": target, "title": title, "profile": ctx.profile.name, "command": command, "commit": sha,
                "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "deviations": list(ctx.profile.deviations), "learning_rates": ctx.lr_selection,
@@ -281,13 +280,5 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
                "summary_markdown": "\n".join(compact_tables(body) + ["", "Claims (EXPERIMENTS.md §5):", ""]
                                              + claims_markdown(claims))}
     sidecar.update(extra or {})
-    S_write_json(os.path.join(out_dir, f"{target}.json"), sidecar)
+    write_json(os.path.join(out_dir, f"{target}.json"), sidecar)
     return sidecar
-
-
-def S_write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)

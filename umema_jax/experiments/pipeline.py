@@ -123,6 +123,9 @@ README_BLOCK = re.compile(r"(<!-- experiments:(?P<profile>[\w-]+)/(?P<target>\w+
                           re.S)
 
 
+_COMMIT = re.compile(r" at commit `[^`]*`")
+
+
 def sync_readme(out_dir: str, profile: str, readme: str) -> list:
     """Rewrites each block `<!-- experiments:<profile>/<target> -->` … `<!-- /experiments -->` of `readme`
     with that target's table(s) and claim verdicts from its sidecar in `out_dir`, plus the command and
@@ -143,9 +146,11 @@ def sync_readme(out_dir: str, profile: str, readme: str) -> list:
             return m.group(0)
         done.append(m["target"])
         rel = os.path.relpath(os.path.join(out_dir, f"{m['target']}.md"), os.path.dirname(os.path.abspath(readme)))
-        return (m.group(1) + side["summary_markdown"].rstrip() + "\n\n"
-                + f"(`{side['command']}` at commit `{side['commit'][:12]}`; the full output with the deviations "
-                  f"from the paper: [{rel}]({rel}))\n" + m.group(5))
+        block = (m.group(1) + side["summary_markdown"].rstrip() + "\n\n"
+                 + f"(`{side['command']}` at commit `{side['commit'][:12]}`; the full output with the deviations "
+                   f"from the paper: [{rel}]({rel}))\n" + m.group(5))
+        # same tables, only a newer commit: keep the block (a render alone must not churn the README)
+        return m.group(0) if _COMMIT.sub("", block) == _COMMIT.sub("", m.group(0)) else block
 
     new = README_BLOCK.sub(fill, text)
     if new != text:
@@ -201,6 +206,9 @@ def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
                          "mem_source": src, "command": spec.command(S.workdir(ctx.root, spec))})
             mem_txt = f"{mem:.1f} GiB ({src})" if mem is not None else "n/a"
             log(f"  {st:<10} {hms(t):>8}  {mem_txt:<24} {spec.name}  [{', '.join(targets)}]")
+            if st == "stale":
+                log(f"             trained under other defaults ({', '.join(S.stale_keys(ctx.root, spec)[:5])}): "
+                    "not used; delete it to rerun")
     for name in names:
         n_t = sum(1 for r in rows if name in r["targets"])
         d_t = sum(1 for r in rows if name in r["targets"] and r["status"] == "done")

@@ -33,9 +33,15 @@ class Method:
 
 
 LORA = Method("LoRA", ("lora",))
-UM = Method("+UM", ("lora+um",))
+# The UM temperature reads the unit direction of M_U (docs/METHOD_IMPL.md deviation 13; the config default):
+# with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (issue 15).
+# Spelled out so these runs are keyed apart from the raw-input runs made before the default changed.
+STABLE_UM = (("model.um.temperature_input", "unit"),)
+UM = Method("+UM", ("lora+um",), overrides=STABLE_UM)
 EMA = Method("+EMA", ("lora+ema",))
-OURS = Method("Ours (LoRA+UM+EMA)", ("full",))
+OURS = Method("Ours (LoRA+UM+EMA)", ("full",), overrides=STABLE_UM)
+# Table 7's stability ablation row: T reads the raw M_U (METHOD §1.6; the default before issue 15's fix).
+OURS_RAW_T = Method("Ours, T on raw M_U (extra)", ("full",), overrides=(("model.um.temperature_input", "raw"),))
 BASELINES = (
     Method("SplitLoRA", ("splitlora", "split_lora")),
     Method("LISA", ("lisa",), family="full_weight"),

@@ -171,7 +171,10 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
     todo = []
     for spec, names in jobs:
         st = S.status(root, spec)
-        if st == "done" or (st == "failed" and not retry_failed):
+        if st == "stale":
+            log(f"[experiments] stale, not used: {S.workdir(root, spec)} was trained under other defaults "
+                f"({', '.join(S.stale_keys(root, spec)[:5])}); delete it to rerun, or key the setting explicitly")
+        if st in ("done", "stale") or (st == "failed" and not retry_failed):
             continue
         todo.append((spec, names, st))
     total_jobs = len(jobs)

@@ -6,7 +6,10 @@ not change results), so two targets that need the same training share one run
 directory, and a run directory is never reused for a different configuration.
 Keying by the overrides (not by the fully resolved config) keeps finished runs
 valid when a new config key with a default is added; every key a table depends
-on is an explicit override.
+on is an explicit override. A changed *default* would silently leave a finished
+run's numbers in a table they no longer describe, so a run whose `config.json`
+differs from what its spec resolves to today is `stale` (`stale_keys`): never
+aggregated, never resumed, reported with the keys that differ.
 """
 from __future__ import annotations
 
@@ -135,8 +138,32 @@ def failure(root: str, spec: RunSpec) -> dict | None:
         return json.load(f)
 
 
+_STALE_CACHE: dict = {}
+
+
+def stale_keys(root: str, spec: RunSpec) -> list:
+    """Config keys that decide results (`train.checkpoint.config_differences`, the resume check's notion)
+    and differ between the run's `config.json` and what `spec` resolves to with today's defaults; [] when
+    they agree or the run has not started."""
+    if spec.kind != "train":
+        return []
+    path = os.path.join(workdir(root, spec), "config.json")
+    try:
+        stamp = (path, os.stat(path).st_mtime_ns, spec.key)
+    except OSError:
+        return []
+    if stamp not in _STALE_CACHE:
+        from umema_jax.train.checkpoint import config_differences
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        _STALE_CACHE[stamp] = config_differences(recorded, load_config(spec).to_dict())
+    return list(_STALE_CACHE[stamp])
+
+
 def status(root: str, spec: RunSpec) -> str:
-    """done | failed | partial (resumable) | todo."""
+    """done | stale (trained under other defaults: `stale_keys`) | failed | partial (resumable) | todo."""
+    if stale_keys(root, spec):
+        return "stale"
     if finished(root, spec):
         return "done"
     if failure(root, spec):
@@ -214,7 +241,7 @@ def load_results(root: str, spec: RunSpec) -> dict | None:
         with open(path, encoding="utf-8") as f:
             return {"records": [json.loads(line) for line in f if line.strip()]}
     path = os.path.join(workdir(root, spec), RESULT_FILE)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or stale_keys(root, spec):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -17,6 +17,7 @@ from umema_jax.experiments import aggregate as A
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.aggregate import Cell
+from umema_jax.train.outputs import write_json
 
 LR_FILE = "lr_selection.json"
 CLS, NER = ("20news", "semeval"), ("wnut17", "ploner")
@@ -202,7 +203,7 @@ def lr_select_render(ctx: Context, results: list) -> None:
     os.makedirs(ctx.out, exist_ok=True)
     merged = dict(ctx.lr_selection)
     merged.update(selection)
-    A.S_write_json(os.path.join(ctx.out, LR_FILE), merged)      # read by every other target of the profile
+    write_json(os.path.join(ctx.out, LR_FILE), merged)      # read by every other target of the profile
     ctx.lr_selection = merged
     body += ["Dev score (primary metric, %) of the baseline at each learning rate; the best is chosen "
              "(ties to the lower LR) and used by every table of the profile.", ""]
@@ -466,6 +467,9 @@ CAL_METRICS = (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
 # raw calibration next to LoRA + post-hoc TS); (label, method, results.json section)
 CAL_ROWS = (("LoRA", P.LORA, "test"), ("LoRA + post-hoc TS", P.LORA, "test_posthoc_ts"), (P.OURS.label, P.OURS, "test"),
             ("+UM (extra)", P.UM, "test"), ("+EMA (extra)", P.EMA, "test"))
+# Stability ablation rows (issue 15), SemEval only: the method as it was before a fix became the default.
+STABILITY_ROWS = ((P.OURS_RAW_T.label, P.OURS_RAW_T, "test"),)
+STABILITY_DATASETS = ("semeval",)
 # Error detection (issue 15): AUROC of telling misclassified from correct test targets by each score
 AUROC_SCORES = (("max-prob", "auroc_error_maxprob"), ("ū", "auroc_error_u_bar"), ("u_ale", "auroc_error_u_ale"),
                 ("u_epi", "auroc_error_u_epi"))
@@ -483,12 +487,12 @@ def table7_cells(ctx):
         for d in CLS + NER:
             if d not in ctx.profile.datasets:
                 continue
-            for label, method, prefix in CAL_ROWS:
+            for label, method, prefix in CAL_ROWS + (STABILITY_ROWS if d in STABILITY_DATASETS else ()):
                 for mlabel, key in CAL_METRICS + (("Acc / F1", "{primary}"),):
                     cells.append(train_cell(ctx, {"part": "calibration", "backbone": b.label, "method": label,
                                                   "dataset": DATASET_LABEL[d], "metric": mlabel},
                                             b, d, method, n, metric=f"{prefix}.{key}"))
-            for method in (P.LORA, P.UM, P.OURS):
+            for method in (P.LORA, P.UM, P.OURS) + ((P.OURS_RAW_T,) if d in STABILITY_DATASETS else ()):
                 for slabel, key in AUROC_SCORES[:1] if method is P.LORA else AUROC_SCORES:
                     cells.append(train_cell(ctx, {"part": "auroc", "backbone": b.label, "method": method.label,
                                                   "dataset": DATASET_LABEL[d], "score": slabel},

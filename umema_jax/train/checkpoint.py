@@ -67,8 +67,19 @@ def config_identity(config) -> dict:
         from umema_jax.adapters.lora import resolve_alpha
         flat["model.lora.alpha"] = resolve_alpha(flat.get("model.lora.rank", 8), flat["model.lora.alpha"])
     own = f"methods.{flat.get('model.method')}."
+    unused = _unused_branch_prefixes(flat.get("model.method"))
     return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES) and k not in RESUME_SAFE_KEYS
-            and (not k.startswith("methods.") or k.startswith(own))}
+            and (not k.startswith("methods.") or k.startswith(own)) and not k.startswith(unused)}
+
+
+def _unused_branch_prefixes(method) -> tuple:
+    """`model.um.` / `model.ema.` when `method` builds no UM / EMA branch: their settings cannot change its
+    results, so a new default there (issue 15's `temperature_input`) must not make a LoRA run unresumable."""
+    from umema_jax.methods import REGISTRY
+    cls = REGISTRY.get(method)
+    if cls is None:
+        return ()
+    return tuple(p for p, used in (("model.um.", cls.use_um), ("model.ema.", cls.use_ema)) if not used)
 
 
 def config_hash(config) -> str:

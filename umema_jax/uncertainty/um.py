@@ -40,7 +40,9 @@ class UMConfig:
     temperature_input: what `w_T` reads: 'raw' `M_U` (METHOD §1.6) or its
       'unit'-norm direction. Adam moves `w_T·M_U` by up to lr·‖M_U‖₁ per step,
       so on the raw `M_U` T reached the bound within 30 steps at lr 5e-3 and
-      the saturated tanh then passed no gradient to T, κ or ū (issue 15).
+      the saturated tanh then passed no gradient to T, κ or ū; with T pinned
+      at 3, `full` collapsed to the label prior in seed 2 (issue 15). 'unit'
+      is the default (docs/METHOD_IMPL.md, deviation 13).
     """
     d_u: int = 64
     quant_levels: int = 8
@@ -49,7 +51,7 @@ class UMConfig:
     temperature_bias_init: float = -4.0
     kappa_init: float = -4.0
     temperature_max: float = 3.0
-    temperature_input: str = "raw"
+    temperature_input: str = "unit"
     spread_eps: float = 1e-6
 
 
