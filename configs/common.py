@@ -100,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.grad_clip_norm = 1.0         # global-norm clipping (paper)
+    c.optim.lr_scale = 1.0               # learning-rate multiplier for the trained leaves lr_scale_regex matches
+    c.optim.lr_scale_regex = r"^params/(um|ema)/"   # over trained-tree paths (default: the UM and EMA branches)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                     # -1 = all devices not used by `model`

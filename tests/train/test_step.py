@@ -151,3 +151,41 @@ def test_ner_loss_ignores_minus_100_positions(task):
     assert float(mask.sum()) == 2.0
     expected = optax.softmax_cross_entropy_with_integer_labels(logits[0, [0, 2]], jnp.array([1, 2])).sum()
     np.testing.assert_allclose(float(cross_entropy_sum(logits, labels, mask)), float(expected), rtol=1e-6)
+
+
+def test_lr_scale_equals_adamw_at_the_scaled_rate_for_the_matched_group():
+    """`optim.lr_scale`: the matched leaves move as under AdamW at lr·scale (decay included), the rest as at lr;
+    brute force: two plain optax.adamw runs over 5 steps."""
+    cfg = base_config().optim
+    cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio = 1e-2, 0.1, 0.0
+    cfg.lr_scale = 0.2
+    rng = np.random.default_rng(0)
+    tree = {"params": {"um": {"W": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
+                       "head": {"kernel": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)}}}
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), tree) for _ in range(5)]
+    tx, _ = make_optimizer(cfg, total_steps=5)
+
+    def run(tx, params):
+        state = tx.init(params)
+        for g in grads:
+            g = optax.clip_by_global_norm(cfg.grad_clip_norm).update(g, optax.EmptyState())[0]
+            upd, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, upd)
+        return params
+
+    def reference(lr):
+        sched = lambda step: lr * (1.0 - step / 5)                      # the project's linear decay, no warm-up
+        return run(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay), tree)
+
+    # the project's tx clips jointly; the reference clips the same joint gradient before adamw
+    state, params = tx.init(tree), tree
+    for g in grads:
+        upd, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, upd)
+    slow, fast = reference(cfg.learning_rate * cfg.lr_scale), reference(cfg.learning_rate)
+    np.testing.assert_allclose(params["params"]["um"]["W"], slow["params"]["um"]["W"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["params"]["head"]["kernel"], fast["params"]["head"]["kernel"], rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(slow["params"]["um"]["W"], fast["params"]["um"]["W"], atol=1e-3)   # the test can fail
+    cfg.lr_scale = 1.0                                                  # off: the optimizer state is as before
+    assert len(make_optimizer(cfg, 5)[0].init(tree)) == 2

@@ -56,3 +56,33 @@ def test_config_json_records_the_resolved_alpha():
     old = get_config().to_dict()
     old["model"]["lora"]["alpha"] = 16.0
     assert launch.resolved_config(get_config().to_dict()) == launch.resolved_config(old)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lr_scale", 0.0, "optim.lr_scale=0.0: must be finite and > 0"),
+    ("lr_scale_regex", "(um", "optim.lr_scale_regex='(um': not a regular expression"),
+])
+def test_lr_scale_settings_are_checked(key, value, message):
+    c = get_config()
+    c.optim[key] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(c)
+
+
+def test_lr_scale_is_refused_by_methods_with_their_own_optimizer_groups():
+    c = get_config()
+    c.model.method, c.optim.lr_scale = "lisa", 0.5
+    with pytest.raises(ConfigError, match="builds its own optimizer groups"):
+        validate_config(c)
+    c.model.method = "full"
+    validate_config(c)
+
+
+def test_a_key_added_since_a_run_does_not_change_its_identity_but_a_changed_default_does():
+    from configs.common import base_config
+    from umema_jax.train.checkpoint import config_differences
+    old, now = base_config().to_dict(), base_config().to_dict()
+    del old["optim"]["lr_scale"]                      # a run recorded before the key existed
+    assert config_differences(old, now) == []
+    old["optim"]["weight_decay"] = 0.5                # a value both record, changed
+    assert config_differences(old, now) == ["optim.weight_decay"]

@@ -42,6 +42,9 @@ EMA = Method("+EMA", ("lora+ema",))
 OURS = Method("Ours (LoRA+UM+EMA)", ("full",), overrides=STABLE_UM)
 # Table 7's stability ablation row: T reads the raw M_U (METHOD §1.6; the default before issue 15's fix).
 OURS_RAW_T = Method("Ours, T on raw M_U (extra)", ("full",), overrides=(("model.um.temperature_input", "raw"),))
+# ... and the next candidate against the seed-0 transient of the default form: the UM and EMA branches (fresh
+# dense layers) at a fifth of the adapters' learning rate (`optim.lr_scale`).
+OURS_SLOW_BRANCH = Method("Ours, branch lr x0.2 (extra)", ("full",), overrides=STABLE_UM + (("optim.lr_scale", 0.2),))
 BASELINES = (
     Method("SplitLoRA", ("splitlora", "split_lora")),
     Method("LISA", ("lisa",), family="full_weight"),

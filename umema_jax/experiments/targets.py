@@ -468,7 +468,7 @@ CAL_METRICS = (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
 CAL_ROWS = (("LoRA", P.LORA, "test"), ("LoRA + post-hoc TS", P.LORA, "test_posthoc_ts"), (P.OURS.label, P.OURS, "test"),
             ("+UM (extra)", P.UM, "test"), ("+EMA (extra)", P.EMA, "test"))
 # Stability ablation rows (issue 15), SemEval only: the method as it was before a fix became the default.
-STABILITY_ROWS = ((P.OURS_RAW_T.label, P.OURS_RAW_T, "test"),)
+STABILITY_ROWS = ((P.OURS_RAW_T.label, P.OURS_RAW_T, "test"), (P.OURS_SLOW_BRANCH.label, P.OURS_SLOW_BRANCH, "test"))
 STABILITY_DATASETS = ("semeval",)
 # Error detection (issue 15): AUROC of telling misclassified from correct test targets by each score
 AUROC_SCORES = (("max-prob", "auroc_error_maxprob"), ("ū", "auroc_error_u_bar"), ("u_ale", "auroc_error_u_ale"),
@@ -492,7 +492,8 @@ def table7_cells(ctx):
                     cells.append(train_cell(ctx, {"part": "calibration", "backbone": b.label, "method": label,
                                                   "dataset": DATASET_LABEL[d], "metric": mlabel},
                                             b, d, method, n, metric=f"{prefix}.{key}"))
-            for method in (P.LORA, P.UM, P.OURS) + ((P.OURS_RAW_T,) if d in STABILITY_DATASETS else ()):
+            for method in (P.LORA, P.UM, P.OURS) + (tuple(m for _, m, _ in STABILITY_ROWS)
+                                                     if d in STABILITY_DATASETS else ()):
                 for slabel, key in AUROC_SCORES[:1] if method is P.LORA else AUROC_SCORES:
                     cells.append(train_cell(ctx, {"part": "auroc", "backbone": b.label, "method": method.label,
                                                   "dataset": DATASET_LABEL[d], "score": slabel},

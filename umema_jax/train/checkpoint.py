@@ -87,9 +87,13 @@ def config_hash(config) -> str:
 
 
 def config_differences(before, now) -> list:
-    """Sorted keys that decide results and differ between two configs (the one notion of "same run")."""
+    """Sorted keys that decide results and differ between two configs (the one notion of "same run").
+
+    A key only one side has is a key added to the code in between; it is taken to hold the default it
+    was introduced with, which must keep the old behaviour (a project rule: a new option defaults to
+    off). Defaults that *change* are caught, since both sides have the key."""
     a, b = config_identity(before), config_identity(now)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return sorted(k for k in set(a) & set(b) if a[k] != b[k])
 
 
 def _refuse_other_config(step_dir: str, meta: dict, identity: dict) -> bool:

@@ -67,8 +67,31 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -
 def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Global-norm clipping then AdamW; weight decay on matrices only (not biases/norms/vectors, `decays`)."""
     schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_ratio)
-    tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw(optim_cfg, schedule))
-    return tx, schedule
+    parts = [optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw(optim_cfg, schedule)]
+    scale = float(optim_cfg.get("lr_scale", 1.0))
+    if scale != 1.0:              # only then: the optimizer state of every other run keeps its structure
+        parts.append(scale_updates_by_path(optim_cfg.lr_scale_regex, scale))
+    return optax.chain(*parts), schedule
+
+
+def tree_path_name(path) -> str:
+    """'/'-joined keys of a pytree path: `params/um/W_h/kernel`, `lora/backbone/h/attn/...`."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def scale_updates_by_path(regex: str, factor: float) -> optax.GradientTransformation:
+    """Multiplies the updates of the trained leaves whose path (`tree_path_name`) the regex searches by
+    `factor`: a learning rate of `factor`·lr for that group. AdamW's update, decay included, is linear in
+    the LR, so this equals AdamW run at the scaled LR for those leaves (tested)."""
+    pattern = re.compile(regex)
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * factor if pattern.search(tree_path_name(path)) else u, updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 BLOCK_SCOPES = ("h", "layers")   # the backbone's scanned blocks (GPT-2, LLaMA): leaves carry a leading [L] axis

@@ -79,6 +79,14 @@ def validate_config(c) -> None:
     _check(float(o.grad_clip_norm) > 0, f"optim.grad_clip_norm={o.grad_clip_norm}: must be > 0")
     _check(_finite_positive(o.eps, zero_ok=True), f"optim.eps={o.eps}: must be finite and >= 0")
     _check(0 <= float(o.b1) < 1 and 0 <= float(o.b2) < 1, f"optim.b1/b2={o.b1}/{o.b2}: must be in [0, 1)")
+    _check(_finite_positive(o.lr_scale), f"optim.lr_scale={o.lr_scale}: must be finite and > 0")
+    try:
+        re.compile(o.lr_scale_regex)
+    except re.error as err:
+        _check(False, f"optim.lr_scale_regex={o.lr_scale_regex!r}: not a regular expression ({err})")
+    _check(float(o.lr_scale) == 1.0 or c.model.method not in ("lisa", "alora"),
+           f"optim.lr_scale={o.lr_scale}: model.method={c.model.method} builds its own optimizer groups; "
+           "leave it at 1")
 
     from umema_jax.train.sharding import FSDP_RULE_SETS
     _check(c.mesh.fsdp_rules in FSDP_RULE_SETS,
