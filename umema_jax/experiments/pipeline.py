@@ -207,8 +207,7 @@ def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
             mem_txt = f"{mem:.1f} GiB ({src})" if mem is not None else "n/a"
             log(f"  {st:<10} {hms(t):>8}  {mem_txt:<24} {spec.name}  [{', '.join(targets)}]")
             if st == "stale":
-                log(f"             trained under other defaults ({', '.join(S.stale_keys(ctx.root, spec)[:5])}): "
-                    "not used; delete it to rerun")
+                log(f"             {S.stale_note(ctx.root, spec)}")
     for name in names:
         n_t = sum(1 for r in rows if name in r["targets"])
         d_t = sum(1 for r in rows if name in r["targets"] and r["status"] == "done")

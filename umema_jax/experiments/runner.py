@@ -172,8 +172,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
     for spec, names in jobs:
         st = S.status(root, spec)
         if st == "stale":
-            log(f"[experiments] stale, not used: {S.workdir(root, spec)} was trained under other defaults "
-                f"({', '.join(S.stale_keys(root, spec)[:5])}); delete it to rerun, or key the setting explicitly")
+            log(f"[experiments] stale: {S.stale_note(root, spec)}")
         if st in ("done", "stale") or (st == "failed" and not retry_failed):
             continue
         todo.append((spec, names, st))

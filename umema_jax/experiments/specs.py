@@ -160,6 +160,12 @@ def stale_keys(root: str, spec: RunSpec) -> list:
     return list(_STALE_CACHE[stamp])
 
 
+def stale_note(root: str, spec: RunSpec) -> str:
+    """One line for a stale run: where it is, what differs, what to do."""
+    return (f"{workdir(root, spec)} was trained under other defaults ({', '.join(stale_keys(root, spec)[:5])}); "
+            "not used: delete it to rerun, or key the setting explicitly")
+
+
 def status(root: str, spec: RunSpec) -> str:
     """done | stale (trained under other defaults: `stale_keys`) | failed | partial (resumable) | todo."""
     if stale_keys(root, spec):

@@ -68,15 +68,20 @@ def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransform
     """Global-norm clipping then AdamW; weight decay on matrices only (not biases/norms/vectors, `decays`)."""
     schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_ratio)
     parts = [optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw(optim_cfg, schedule)]
-    scale = float(optim_cfg.get("lr_scale", 1.0))
+    scale = float(optim_cfg.lr_scale)
     if scale != 1.0:              # only then: the optimizer state of every other run keeps its structure
         parts.append(scale_updates_by_path(optim_cfg.lr_scale_regex, scale))
     return optax.chain(*parts), schedule
 
 
+def path_keys(path) -> list[str]:
+    """The keys of a pytree path (`jax.tree_util` DictKey / SequenceKey / ...) as strings."""
+    return [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+
+
 def tree_path_name(path) -> str:
     """'/'-joined keys of a pytree path: `params/um/W_h/kernel`, `lora/backbone/h/attn/...`."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return "/".join(path_keys(path))
 
 
 def scale_updates_by_path(regex: str, factor: float) -> optax.GradientTransformation:
@@ -99,7 +104,7 @@ BLOCK_SCOPES = ("h", "layers")   # the backbone's scanned blocks (GPT-2, LLaMA):
 
 def is_block_leaf(path) -> bool:
     """True for a leaf of the scanned blocks: `(…, 'backbone', 'h' | 'layers', …)` (params or lora trees)."""
-    keys = [str(getattr(k, "key", k)) for k in path]
+    keys = path_keys(path)
     return any(a == "backbone" and b in BLOCK_SCOPES for a, b in zip(keys, keys[1:]))
 
 
