@@ -85,10 +85,15 @@ def test_all_targets_of_the_smoke_profile(tmp_path):
         assert "not implemented" in _row(open(os.path.join(out, "fig5.md")).read(), "tiny GPT-2 (random)", "SemEval",
                                          "LoRA", "n=16")
 
-    # a second invocation finds everything done; a lost result reads as missing in the rebuilt table
+    # a second invocation finds everything done; a result lost from its run directory is still in the run
+    # ledger (results/<profile>/runs/), and lost from both it reads as missing in the rebuilt table
     again = pipeline.run_targets(["table5", "table6"], "smoke", root, out, isolation="inprocess", log=logs.append)
     assert [s["ran"] for s in again["runs"]] == [0]
+    lora_row = _row(md5, "tiny GPT-2 (random)", "LoRA")
     os.remove(os.path.join(lora_run, "results.json"))
+    pipeline.run_targets(["table5"], "smoke", root, out, aggregate_only=True, log=logs.append)
+    assert _row(open(os.path.join(out, "table5.md")).read(), "tiny GPT-2 (random)", "LoRA") == lora_row
+    os.remove(os.path.join(out, "runs", os.path.basename(lora_run) + ".json"))
     pipeline.run_targets(["table5"], "smoke", root, out, aggregate_only=True, log=logs.append)
     assert _row(open(os.path.join(out, "table5.md")).read(), "tiny GPT-2 (random)", "LoRA").endswith(
         "| – (0/1 runs) |")

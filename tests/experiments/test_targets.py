@@ -7,6 +7,7 @@ milliseconds; tests/experiments/test_smoke_all.py trains the smoke profile for r
 import json
 import os
 import re
+import shutil
 
 import pytest
 
@@ -508,3 +509,68 @@ def test_a_run_trained_under_other_defaults_is_stale_never_aggregated_nor_resume
     summary = runner.execute([(spec, ["table7"]), (lora, ["table7"])], root, Est(), log=lines.append)
     assert trained == [] and summary["ran"] == 0
     assert any("stale:" in line and "model.um.temperature_input" in line and "not used" in line for line in lines)
+
+
+def _lora_seed0(ctx):
+    return next(s for c in TARGETS["table5"].cells(ctx) for s in c.specs if s.get("data.name") == "semeval"
+                and s.get("data.train_size") == 1000 and s.get("model.method") == "lora" and s.get("seed") == 0)
+
+
+def test_the_run_ledger_keeps_finished_runs_when_their_directories_are_gone(tmp_path, monkeypatch):
+    """Run directories live on one machine; the ledger (config + results per run, committed with the tables)
+    lets a fresh clone render the same tables and keeps the runner from training the run again."""
+    ctx = choose(tmp_path)
+    spec = _lora_seed0(ctx)
+    write_run(ctx.root, spec, fake_results(spec, primary=0.6543))
+    lines = []
+    pipeline.render(ctx, ["table5"], log=lines.append)
+    entry = json.load(open(S.ledger_path(ctx.ledger, spec)))
+    assert entry["results"]["test"]["accuracy"] == 0.6543 and entry["config"]["model"]["method"] == "lora"
+    assert entry["command"].endswith(f"--workdir={S.workdir(ctx.root, spec)}")
+    assert any("run ledger: 1 finished run(s) recorded" in line for line in lines)
+    lines.clear()
+    pipeline.render(ctx, ["table5"], log=lines.append)
+    assert not any("run ledger" in line for line in lines)            # unchanged: not rewritten
+    table = (tmp_path / "out" / "table5.md").read_text()
+    assert "65.43" in table
+
+    shutil.rmtree(ctx.root)                                            # the machine that trained it is gone
+    assert S.status(ctx.root, spec, ctx.ledger) == "done" and S.status(ctx.root, spec) == "todo"
+    (tmp_path / "out" / "table5.md").unlink()
+    pipeline.render(ctx, ["table5"], log=lambda m: None)
+    assert (tmp_path / "out" / "table5.md").read_text() == table
+    trained = []
+    monkeypatch.setattr(runner, "run_one", lambda spec, *a, **k: trained.append(spec) or (0, ""))
+
+    class Est:
+        def time_s(self, spec):
+            return 1.0
+
+    summary = runner.execute([(spec, ["table5"])], ctx.root, Est(), log=lambda m: None, ledger=ctx.ledger)
+    assert trained == [] and summary["already_done"] == 1
+
+    # an entry recorded under other defaults is stale like a run directory would be, and says where it is
+    entry["config"]["data"]["max_len"] += 1
+    json.dump(entry, open(S.ledger_path(ctx.ledger, spec), "w"))
+    assert S.stale_keys(ctx.root, spec, ctx.ledger) == ["data.max_len"]
+    assert S.status(ctx.root, spec, ctx.ledger) == "stale" and S.load_results(ctx.root, spec, ctx.ledger) is None
+    assert S.ledger_path(ctx.ledger, spec) in S.stale_note(ctx.root, spec, ctx.ledger)
+    # a damaged entry is an error naming the file, never a silently missing cell
+    with open(S.ledger_path(ctx.ledger, spec), "w") as f:
+        f.write('{"config": ')
+    with pytest.raises(ValueError, match=re.escape(S.ledger_path(ctx.ledger, spec)) + ".*not a run-ledger entry"):
+        S.load_results(ctx.root, spec, ctx.ledger)
+
+
+def test_a_finished_run_is_recorded_by_the_runner_as_soon_as_it_ends(tmp_path, monkeypatch):
+    ctx = choose(tmp_path)
+    spec = _lora_seed0(ctx)
+    monkeypatch.setattr(runner, "run_one",
+                        lambda s, root, *a, **k: write_run(root, s, fake_results(s, primary=0.61)) or (0, ""))
+
+    class Est:
+        def time_s(self, spec):
+            return 1.0
+
+    runner.execute([(spec, ["table5"])], ctx.root, Est(), log=lambda m: None, ledger=ctx.ledger)
+    assert S.ledger_entry(ctx.ledger, spec)["results"]["test"]["accuracy"] == 0.61

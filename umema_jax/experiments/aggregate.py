@@ -117,11 +117,11 @@ def get_metric(results: dict, path: str):
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
-def summarise(cell: Cell, root: str) -> CellResult:
+def summarise(cell: Cell, root: str, ledger: str = "") -> CellResult:
     values, failed, runs = {}, 0, []
     for spec in cell.specs:
         runs.append(S.workdir(root, spec))
-        results = S.load_results(root, spec)
+        results = S.load_results(root, spec, ledger)
         if results is None:
             failed += S.failure(root, spec) is not None
             continue

@@ -163,7 +163,11 @@ def render(ctx: Context, names: list, log) -> list:
     written = []
     for name in names:
         t = TARGETS[name]
-        results = [A.summarise(c, ctx.root) for c in t.cells(ctx)]
+        cells = t.cells(ctx)
+        recorded = sum(S.record(ctx.root, ctx.ledger, s) for c in cells for s in c.specs)
+        if recorded:
+            log(f"[experiments] run ledger: {recorded} finished run(s) recorded under {ctx.ledger}")
+        results = [A.summarise(c, ctx.root, ctx.ledger) for c in cells]
         t.render(ctx, results)
         written.append(os.path.join(ctx.out, f"{name}.md"))
         done = sum(r.n for r in results)
@@ -195,7 +199,7 @@ def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
     todo_s, peak = 0.0, 0.0
     for kind, table in (("run", jobs), ("pending LR", pending)):
         for spec, targets in table.values():
-            st = S.status(ctx.root, spec) if kind == "run" else "pending LR"
+            st = S.status(ctx.root, spec, ctx.ledger) if kind == "run" else "pending LR"
             totals[st] = totals.get(st, 0) + 1
             t = est.time_s(spec)
             mem, src = est.memory_gib(spec)
@@ -207,7 +211,7 @@ def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
             mem_txt = f"{mem:.1f} GiB ({src})" if mem is not None else "n/a"
             log(f"  {st:<10} {hms(t):>8}  {mem_txt:<24} {spec.name}  [{', '.join(targets)}]")
             if st == "stale":
-                log(f"             {S.stale_note(ctx.root, spec)}")
+                log(f"             {S.stale_note(ctx.root, spec, ctx.ledger)}")
     for name in names:
         n_t = sum(1 for r in rows if name in r["targets"])
         d_t = sum(1 for r in rows if name in r["targets"] and r["status"] == "done")
@@ -246,7 +250,7 @@ def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation
                 "running their lr_select grid first")
             jobs = lr_jobs(ctx, waiting, only)
             s = execute(list(jobs.values()), ctx.root, est, isolation=isolation, max_hours=deadline,
-                        retry_failed=retry_failed, env=env, log=log)
+                        retry_failed=retry_failed, env=env, log=log, ledger=ctx.ledger)
             summary["runs"].append(s)
             render(ctx, ["lr_select"], log)
             ctx = Context(prof, root, out)
@@ -258,7 +262,7 @@ def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation
                 return summary
         jobs, _ = collect(ctx, names, only)
         s = execute(list(jobs.values()), ctx.root, est, isolation=isolation, max_hours=deadline,
-                    retry_failed=retry_failed, env=env, log=log)
+                    retry_failed=retry_failed, env=env, log=log, ledger=ctx.ledger)
         summary["runs"].append(s)
         summary["stopped"] = s["stopped"]
         if "lr_select" not in names and any("lr_select" in t for _, t in jobs.values()):

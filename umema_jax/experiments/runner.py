@@ -154,8 +154,9 @@ def execute(jobs: list, root: str, estimator, **kwargs) -> dict:
 
 
 def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess", max_hours: float | None = None,
-             retry_failed: bool = False, env: dict | None = None, log=None) -> dict:
-    """Runs `jobs` ([(spec, [target names])], deduplicated, in order) that are not finished.
+             retry_failed: bool = False, env: dict | None = None, log=None, ledger: str = "") -> dict:
+    """Runs `jobs` ([(spec, [target names])], deduplicated, in order) that are not finished (in `root`
+    or in the run ledger `ledger`); each run that finishes is recorded in the ledger at once.
 
     Time cap: between runs, a run whose estimated end falls past `max_hours` is left for the next
     invocation (the first run of an invocation always starts, so a run longer than the cap still
@@ -170,15 +171,15 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
     log = log or (lambda msg: print(msg, flush=True))
     todo = []
     for spec, names in jobs:
-        st = S.status(root, spec)
+        st = S.status(root, spec, ledger)
         if st == "stale":
-            log(f"[experiments] stale: {S.stale_note(root, spec)}")
+            log(f"[experiments] stale: {S.stale_note(root, spec, ledger)}")
         if st in ("done", "stale") or (st == "failed" and not retry_failed):
             continue
         todo.append((spec, names, st))
     total_jobs = len(jobs)
     already = total_jobs - len(todo)
-    skipped_failed = sum(1 for spec, _ in jobs if S.status(root, spec) == "failed") if not retry_failed else 0
+    skipped_failed = sum(1 for spec, _ in jobs if S.status(root, spec, ledger) == "failed") if not retry_failed else 0
     est = {spec.key: estimator.time_s(spec) for spec, _, _ in todo}
     summary = {"planned": total_jobs, "already_done": already - skipped_failed, "skipped_failed": skipped_failed,
                "ran": 0, "failed": [], "stopped": None, "elapsed_s": 0.0, "claimed_elsewhere": 0}
@@ -188,7 +189,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
     t_start = time.monotonic()
     spent_est, spent_real = 0.0, 0.0
     for i, (spec, names, st) in enumerate(todo):
-        if S.finished(root, spec) or (not retry_failed and S.failure(root, spec)):
+        if S.finished(root, spec, ledger) or (not retry_failed and S.failure(root, spec)):
             continue                       # finished (or failed) meanwhile by another runner on this root
         elapsed = time.monotonic() - t_start
         if max_hours is not None and (summary["ran"] or max_hours <= 0) and \
@@ -203,7 +204,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
             log(f"[experiments] skipped {spec.name}: another runner (pid {owner.get('pid')} on "
                 f"{owner.get('host')}) is training it")
             continue
-        if S.finished(root, spec):         # finished by another runner between the check above and the claim
+        if S.finished(root, spec, ledger):  # finished by another runner between the check above and the claim
             S.release(root, spec)
             continue
         ratio = spent_real / spent_est if spent_est else 1.0
@@ -232,6 +233,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
         spent_real += dt
         summary["ran"] += 1
         if rc == 0:
+            S.record(root, ledger, spec)
             log(f"[experiments]   done in {hms(dt)}")
         else:
             summary["failed"].append({"run": spec.name, "rc": rc, "message": msg})

@@ -10,6 +10,13 @@ on is an explicit override. A changed *default* would silently leave a finished
 run's numbers in a table they no longer describe, so a run whose `config.json`
 differs from what its spec resolves to today is `stale` (`stale_keys`): never
 aggregated, never resumed, reported with the keys that differ.
+
+Run directories hold checkpoints and live on one machine; what the tables read
+from a finished run (its `config.json` and `results.json`) is also kept in the
+*run ledger*, one small JSON file per run under `<out>/runs/` (committed with
+the tables), so a fresh clone regenerates every table without the run
+directories, and a lost machine loses no published number (`record`,
+`ledger_entry`).
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from umema_jax.experiments.profiles import REPO_ROOT
 RESULT_FILE = "results.json"
 FAILED_FILE = "experiment_failed.json"
 BENCH_FILE = "bench.jsonl"
+LEDGER_DIR = "runs"              # under a profile's outputs: results/<profile>/runs/<run name>.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +127,12 @@ def workdir(root: str, spec: RunSpec) -> str:
     return os.path.join(root, "bench", spec.name) if spec.kind == "bench" else os.path.join(root, spec.name)
 
 
-def finished(root: str, spec: RunSpec) -> bool:
+def finished(root: str, spec: RunSpec, ledger: str = "") -> bool:
+    """Finished in its run directory, or recorded in the run ledger (`ledger`: that directory, or '')."""
     d = workdir(root, spec)
-    return os.path.isfile(os.path.join(d, BENCH_FILE if spec.kind == "bench" else RESULT_FILE)) and \
+    here = os.path.isfile(os.path.join(d, BENCH_FILE if spec.kind == "bench" else RESULT_FILE)) and \
         (spec.kind != "bench" or os.path.isfile(os.path.join(d, "done")))
+    return here or ledger_entry(ledger, spec) is not None
 
 
 def started(root: str, spec: RunSpec) -> bool:
@@ -141,36 +151,45 @@ def failure(root: str, spec: RunSpec) -> dict | None:
 _STALE_CACHE: dict = {}
 
 
-def stale_keys(root: str, spec: RunSpec) -> list:
+def stale_keys(root: str, spec: RunSpec, ledger: str = "") -> list:
     """Config keys that decide results (`train.checkpoint.config_differences`, the resume check's notion)
-    and differ between the run's `config.json` and what `spec` resolves to with today's defaults; [] when
-    they agree or the run has not started."""
+    and differ between the run's recorded config (its `config.json`, else its ledger entry) and what
+    `spec` resolves to with today's defaults; [] when they agree or the run has not started."""
     if spec.kind != "train":
         return []
-    path = os.path.join(workdir(root, spec), "config.json")
+    path, in_ledger = os.path.join(workdir(root, spec), "config.json"), False
+    if not os.path.isfile(path) and ledger:
+        path, in_ledger = ledger_path(ledger, spec), True
     try:
         stamp = (path, os.stat(path).st_mtime_ns, spec.key)
     except OSError:
         return []
     if stamp not in _STALE_CACHE:
         from umema_jax.train.checkpoint import config_differences
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
+        recorded = ledger_entry(ledger, spec)["config"] if in_ledger else _read_json(path)
         _STALE_CACHE[stamp] = config_differences(recorded, load_config(spec).to_dict())
     return list(_STALE_CACHE[stamp])
 
 
-def stale_note(root: str, spec: RunSpec) -> str:
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def stale_note(root: str, spec: RunSpec, ledger: str = "") -> str:
     """One line for a stale run: where it is, what differs, what to do."""
-    return (f"{workdir(root, spec)} was trained under other defaults ({', '.join(stale_keys(root, spec)[:5])}); "
+    where = workdir(root, spec)
+    if not os.path.isfile(os.path.join(where, "config.json")) and ledger_entry(ledger, spec) is not None:
+        where = ledger_path(ledger, spec)
+    return (f"{where} was trained under other defaults ({', '.join(stale_keys(root, spec, ledger)[:5])}); "
             "not used: delete it to rerun, or key the setting explicitly")
 
 
-def status(root: str, spec: RunSpec) -> str:
+def status(root: str, spec: RunSpec, ledger: str = "") -> str:
     """done | stale (trained under other defaults: `stale_keys`) | failed | partial (resumable) | todo."""
-    if stale_keys(root, spec):
+    if stale_keys(root, spec, ledger):
         return "stale"
-    if finished(root, spec):
+    if finished(root, spec, ledger):
         return "done"
     if failure(root, spec):
         return "failed"
@@ -239,15 +258,63 @@ def release(root: str, spec: RunSpec) -> None:
         os.remove(path)
 
 
-def load_results(root: str, spec: RunSpec) -> dict | None:
+def load_results(root: str, spec: RunSpec, ledger: str = "") -> dict | None:
+    """A finished run's results: from its run directory, else from its ledger entry; None when unfinished
+    or stale."""
     if spec.kind == "bench":
         path = os.path.join(workdir(root, spec), BENCH_FILE)
         if not finished(root, spec):
             return None
         with open(path, encoding="utf-8") as f:
             return {"records": [json.loads(line) for line in f if line.strip()]}
+    if stale_keys(root, spec, ledger):
+        return None
     path = os.path.join(workdir(root, spec), RESULT_FILE)
-    if not os.path.isfile(path) or stale_keys(root, spec):
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    entry = ledger_entry(ledger, spec)
+    return None if entry is None else entry["results"]
+
+
+# --------------------------------------------------------------------------- the run ledger
+
+def ledger_path(ledger: str, spec: RunSpec) -> str:
+    return os.path.join(ledger, f"{spec.name}.json")
+
+
+def ledger_entry(ledger: str, spec: RunSpec) -> dict | None:
+    """The ledger's record of a training run ({'run', 'config', 'results', 'source', ...}) or None."""
+    if not ledger or spec.kind != "train":
+        return None
+    path = ledger_path(ledger, spec)
+    if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            entry = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a run-ledger entry ({err}); delete it to rebuild it") from None
+    if not isinstance(entry, dict) or not {"config", "results"} <= entry.keys():
+        raise ValueError(f"{path}: not a run-ledger entry (needs 'config' and 'results'); delete it to rebuild it")
+    return entry
+
+
+def record(root: str, ledger: str, spec: RunSpec) -> bool:
+    """Copies a finished, non-stale run's `config.json` and `results.json` into the ledger (atomic write;
+    rewritten only when they changed). Returns whether the entry was written."""
+    if not ledger or spec.kind != "train" or stale_keys(root, spec, ledger):
+        return False
+    wd = workdir(root, spec)
+    paths = {"config": os.path.join(wd, "config.json"), "results": os.path.join(wd, RESULT_FILE)}
+    if not all(os.path.isfile(p) for p in paths.values()):
+        return False
+    rel = os.path.relpath(wd, REPO_ROOT) if wd.startswith(REPO_ROOT + os.sep) else wd
+    entry = {"run": spec.name, "command": spec.command(rel), "source": "run directory",
+             **{key: _read_json(path) for key, path in paths.items()}}
+    if ledger_entry(ledger, spec) == entry:
+        return False
+    from umema_jax.train.outputs import write_json
+    os.makedirs(ledger, exist_ok=True)
+    write_json(ledger_path(ledger, spec), entry)
+    return True

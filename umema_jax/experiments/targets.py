@@ -30,6 +30,7 @@ class Context:
     def __init__(self, profile: P.Profile, root: str, out: str, implemented=None):
         self.profile, self.root, self.out = profile, os.path.abspath(root), os.path.abspath(out)
         self.implemented = P.implemented_methods() if implemented is None else frozenset(implemented)
+        self.ledger = os.path.join(self.out, S.LEDGER_DIR)      # finished runs' config + results (committed)
         self.lr_selection = {}
         path = os.path.join(self.out, LR_FILE)
         if os.path.isfile(path):
@@ -196,7 +197,7 @@ def lr_select_render(ctx: Context, results: list) -> None:
             # one extra fact for table2: is the best dev epoch the last one (then more epochs may help)?
             chosen_run = next((r for r in rs if r.cell.labels["lr"] == sel["chosen"]), None)
             if chosen_run is not None and chosen_run.cell.specs:
-                res = S.load_results(ctx.root, chosen_run.cell.specs[0]) or {}
+                res = S.load_results(ctx.root, chosen_run.cell.specs[0], ctx.ledger) or {}
                 sel["best_step"], sel["steps"] = res.get("best_step"), res.get("steps")
                 sel["best_is_last"] = res.get("best_step") == res.get("steps") if res else None
             selection[b.name][fam] = sel
@@ -841,12 +842,12 @@ def fig7_render(ctx, results):
     points, rows = [], []
     specs = bench_specs(ctx)
     for i, b in enumerate(ctx.profile.backbones):
-        bench = S.load_results(ctx.root, specs[i]) if specs else None
+        bench = S.load_results(ctx.root, specs[i], ctx.ledger) if specs else None
         records = {r["method"]: r for r in (bench or {}).get("records", []) if r.get("method")}
         for m in P.ABLATION + P.BASELINES:
             name = P.method_name(m, ctx.implemented)
             res = one(results, backbone=b.label, method=m.label)
-            run = S.load_results(ctx.root, res.cell.specs[0]) if res is not None and res.cell.specs else None
+            run = S.load_results(ctx.root, res.cell.specs[0], ctx.ledger) if res is not None and res.cell.specs else None
             rec = records.get(name) if name else None
             if name is None:
                 rows.append({"backbone": b.label, "method": m.label, "status": "not implemented"})
