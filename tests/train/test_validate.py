@@ -70,12 +70,43 @@ def test_lr_scale_settings_are_checked(key, value, message):
 
 
 def test_lr_scale_is_refused_by_methods_with_their_own_optimizer_groups():
+    from umema_jax.methods import REGISTRY
+    refusing = sorted(n for n, cls in REGISTRY.items() if not cls.honours_lr_scale)
+    assert {"lisa", "alora", "splitlora"} <= set(refusing)
+    for name in refusing:
+        c = get_config()
+        c.model.method, c.optim.lr_scale = name, 0.5
+        with pytest.raises(ConfigError, match="builds its own optimizer groups"):
+            validate_config(c)
     c = get_config()
-    c.model.method, c.optim.lr_scale = "lisa", 0.5
-    with pytest.raises(ConfigError, match="builds its own optimizer groups"):
-        validate_config(c)
-    c.model.method = "full"
+    c.model.method, c.optim.lr_scale = "full", 0.5
     validate_config(c)
+
+
+def _honouring_lr_scale():
+    from umema_jax.methods import REGISTRY
+    return sorted(n for n, cls in REGISTRY.items() if cls.honours_lr_scale)
+
+
+@pytest.mark.parametrize("name", _honouring_lr_scale())
+def test_every_method_that_accepts_lr_scale_applies_it(name):
+    """A method whose optimizer ignored `optim.lr_scale` would be a silent no-op: for each method that
+    claims `honours_lr_scale`, the first update of a matched leaf is lr_scale times the unscaled one."""
+    import jax.numpy as jnp
+    import numpy as np
+    from umema_jax import methods
+
+    tree = {"params": {"um": {"W": jnp.full((3, 4), 0.5)}, "head": {"kernel": jnp.full((4, 2), -0.5)}}}
+    grads = {"params": {"um": {"W": jnp.linspace(-1, 1, 12).reshape(3, 4)},
+                        "head": {"kernel": jnp.linspace(1, 2, 8).reshape(4, 2)}}}
+    updates = {}
+    for scale in (1.0, 0.2):
+        c = get_config()
+        c.model.method, c.optim.lr_scale, c.optim.warmup_ratio = name, scale, 0.0
+        tx, _ = methods.from_config(c).optimizer(10)
+        updates[scale] = tx.update(grads, tx.init(tree), tree)[0]["params"]
+    np.testing.assert_allclose(updates[0.2]["um"]["W"], 0.2 * updates[1.0]["um"]["W"], rtol=1e-5)
+    np.testing.assert_allclose(updates[0.2]["head"]["kernel"], updates[1.0]["head"]["kernel"], rtol=1e-6)
 
 
 def test_a_key_added_since_a_run_does_not_change_its_identity_but_a_changed_default_does():

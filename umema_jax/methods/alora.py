@@ -168,6 +168,7 @@ def importance(s_full, s_without, s_only) -> np.ndarray:
 @register
 class ALoRA(Method):
     name = "alora"
+    honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
     defaults = {"rank_cap": 0,             # slots per module; 0 = 2 · model.lora.rank (BASELINES §7)
                 "first_epochs": 1.0,       # K₁ [P]
                 "round_epochs": 0.25,      # K₂ [P]

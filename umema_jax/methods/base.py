@@ -91,6 +91,8 @@ class Method:
       use_lora, use_um, use_ema   what `UmemaModel` builds
       defaults  hyper-parameters with their BASELINES.md defaults; they become the config keys
                 `methods.<name>.<key>` (read as `self.hp.<key>`); {} = no section
+      honours_lr_scale  False when `optimizer` builds its own groups without `train.state.make_optimizer`,
+                so `optim.lr_scale` would be ignored: validation then refuses lr_scale != 1
     """
     name: ClassVar[str] = ""
     family: ClassVar[str] = "adapter"
@@ -98,6 +100,7 @@ class Method:
     use_um: ClassVar[bool] = False
     use_ema: ClassVar[bool] = False
     defaults: ClassVar[dict] = {}
+    honours_lr_scale: ClassVar[bool] = True
 
     def __init__(self, config=None):
         """`config`: the root ConfigDict (None only for tests that call traced hooks directly)."""

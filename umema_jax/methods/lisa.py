@@ -80,6 +80,7 @@ class LISA(Method):
     name = "lisa"
     family = "full_weight"
     use_lora = False
+    honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
     defaults = {"gamma": 2,                # γ active blocks (paper, 7B runs)
                 "interval_steps": 20,      # K steps between draws (LMFlow `lisa_interval_steps`)
                 "form": "efficient"}       # efficient (γ blocks trained) | simple (all L, masked); module doc

@@ -151,6 +151,7 @@ def _is_client(path) -> bool:
 @register
 class SplitLoRA(Method):
     name = "splitlora"
+    honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
     defaults = {"clients": 3,                  # N, equal random split of the training set
                 "cut_layers": -1,              # blocks on the client; -1 = 3 for 12-block GPT-2, proportional
                 "fedavg_client_batches": 100,  # FedAvg of the client copies every that many client batches

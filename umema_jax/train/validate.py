@@ -84,7 +84,9 @@ def validate_config(c) -> None:
         re.compile(o.lr_scale_regex)
     except re.error as err:
         _check(False, f"optim.lr_scale_regex={o.lr_scale_regex!r}: not a regular expression ({err})")
-    _check(float(o.lr_scale) == 1.0 or c.model.method not in ("lisa", "alora"),
+    from umema_jax.methods import REGISTRY
+    method_cls = REGISTRY.get(c.model.method)
+    _check(float(o.lr_scale) == 1.0 or method_cls is None or method_cls.honours_lr_scale,
            f"optim.lr_scale={o.lr_scale}: model.method={c.model.method} builds its own optimizer groups; "
            "leave it at 1")
 
