@@ -30,6 +30,16 @@ def fake_results(spec, primary=0.5, dev=0.4, **extra):
     return r
 
 
+class FixedEstimate:
+    """The runner's estimator with one fixed duration per run (seconds)."""
+
+    def __init__(self, seconds=1.0):
+        self.seconds = seconds
+
+    def time_s(self, spec):
+        return self.seconds
+
+
 def write_run(root, spec, results):
     d = S.workdir(root, spec)
     os.makedirs(d, exist_ok=True)
@@ -212,19 +222,16 @@ def test_time_cap_stops_between_runs_and_the_next_call_continues(tmp_path, monke
         write_run(root, spec, fake_results(spec))
         return 0, ""
 
-    class Est:
-        def time_s(self, spec):
-            return 3600.0
-
     monkeypatch.setattr(runner, "run_one", fake_run)
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
     logs = []
-    s = runner.execute(jobs, ctx.root, Est(), max_hours=1.5, log=logs.append)
+    s = runner.execute(jobs, ctx.root, FixedEstimate(3600.0), max_hours=1.5, log=logs.append)
     assert s["ran"] == 1 and "time cap" in s["stopped"]            # the first run always starts
     assert any("run 1/3" in m and "ETA" in m for m in logs)
-    s = runner.execute(jobs, ctx.root, Est(), max_hours=2.5, log=logs.append)
+    s = runner.execute(jobs, ctx.root, FixedEstimate(3600.0), max_hours=2.5, log=logs.append)
     assert s["ran"] == 2 and s["already_done"] == 1 and not s["stopped"]
-    assert runner.execute(jobs, ctx.root, Est(), log=logs.append)["ran"] == 0   # all finished: skipped
+    # all finished: skipped
+    assert runner.execute(jobs, ctx.root, FixedEstimate(3600.0), log=logs.append)["ran"] == 0
     assert len(set(ran)) == 3
 
 
@@ -239,16 +246,12 @@ def test_two_runners_on_one_root_train_each_run_once_and_take_over_stale_claims(
         json.dump({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}, f)
     trained, nested, inside = [], [], []
 
-    class Est:
-        def time_s(self, spec):
-            return 1.0
-
     def fake_run(spec, root, isolation="subprocess", env=None):
         trained.append(spec.key)
         assert json.load(open(os.path.join(S.workdir(root, spec), S.CLAIM_FILE)))["pid"] == os.getpid()
         if not inside:    # while this run trains, a second runner works through the same list
             inside.append(True)
-            nested.append(runner.execute(jobs, root, Est(), log=lambda m: None))
+            nested.append(runner.execute(jobs, root, FixedEstimate(), log=lambda m: None))
         write_run(root, spec, fake_results(spec))
         return 0, ""
 
@@ -257,7 +260,7 @@ def test_two_runners_on_one_root_train_each_run_once_and_take_over_stale_claims(
     real_claim = S.claim
     monkeypatch.setattr(S, "claim", lambda root, spec: {"pid": 1, "host": "other"} if inside and not nested and
                         spec.key == trained[0] else real_claim(root, spec))
-    first = runner.execute(jobs, ctx.root, Est(), log=lambda m: None)
+    first = runner.execute(jobs, ctx.root, FixedEstimate(), log=lambda m: None)
     assert trained[0] == specs[0].key                         # the stale claim was taken over
     assert sorted(trained) == sorted(s.key for s in specs)    # every run trained exactly once
     assert nested[0]["claimed_elsewhere"] == 1 and nested[0]["ran"] == 3
@@ -301,10 +304,7 @@ def test_sigterm_to_a_background_runner_checkpoints_the_run_and_stops(tmp_path, 
             os.kill(os.getpid(), signal.SIGTERM)
         threading.Thread(target=terminate, daemon=True).start()
 
-        class Est:
-            def time_s(self, spec):
-                return 1.0
-        s = runner.execute(jobs, ctx.root, Est(), log=lambda m: None)
+        s = runner.execute(jobs, ctx.root, FixedEstimate(), log=lambda m: None)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN             # handlers restored
     finally:
         signal.signal(signal.SIGINT, old)
@@ -328,13 +328,10 @@ def test_failed_runs_are_recorded_and_skipped_unless_retried(tmp_path, monkeypat
         return 3, "non-finite loss"
     monkeypatch.setattr(runner, "_train_subprocess", failing)
 
-    class Est:
-        def time_s(self, spec):
-            return 1.0
-    s = runner.execute(jobs, ctx.root, Est(), log=lambda m: None)
+    s = runner.execute(jobs, ctx.root, FixedEstimate(), log=lambda m: None)
     assert s["failed"][0]["rc"] == 3 and S.status(ctx.root, spec) == "failed"
-    assert runner.execute(jobs, ctx.root, Est(), log=lambda m: None)["ran"] == 0
-    assert runner.execute(jobs, ctx.root, Est(), retry_failed=True, log=lambda m: None)["ran"] == 1
+    assert runner.execute(jobs, ctx.root, FixedEstimate(), log=lambda m: None)["ran"] == 0
+    assert runner.execute(jobs, ctx.root, FixedEstimate(), retry_failed=True, log=lambda m: None)["ran"] == 1
     cell = next(c for c in TARGETS["table5"].cells(ctx) if spec in c.specs)
     assert "failed" in A.summarise(A.Cell(cell.labels, specs=[spec]), ctx.root).text()
 
@@ -502,11 +499,7 @@ def test_a_run_trained_under_other_defaults_is_stale_never_aggregated_nor_resume
     # the runner neither trains nor counts the stale run, and says why
     trained, lines = [], []
     monkeypatch.setattr(runner, "run_one", lambda spec, *a, **k: trained.append(spec) or (0, ""))
-    class Est:
-        def time_s(self, spec):
-            return 1.0
-
-    summary = runner.execute([(spec, ["table7"]), (lora, ["table7"])], root, Est(), log=lines.append)
+    summary = runner.execute([(spec, ["table7"]), (lora, ["table7"])], root, FixedEstimate(), log=lines.append)
     assert trained == [] and summary["ran"] == 0
     assert any("stale:" in line and "model.um.temperature_input" in line and "not used" in line for line in lines)
 
@@ -542,11 +535,7 @@ def test_the_run_ledger_keeps_finished_runs_when_their_directories_are_gone(tmp_
     trained = []
     monkeypatch.setattr(runner, "run_one", lambda spec, *a, **k: trained.append(spec) or (0, ""))
 
-    class Est:
-        def time_s(self, spec):
-            return 1.0
-
-    summary = runner.execute([(spec, ["table5"])], ctx.root, Est(), log=lambda m: None, ledger=ctx.ledger)
+    summary = runner.execute([(spec, ["table5"])], ctx.root, FixedEstimate(), log=lambda m: None, ledger=ctx.ledger)
     assert trained == [] and summary["already_done"] == 1
 
     # an entry recorded under other defaults is stale like a run directory would be, and says where it is
@@ -568,9 +557,5 @@ def test_a_finished_run_is_recorded_by_the_runner_as_soon_as_it_ends(tmp_path, m
     monkeypatch.setattr(runner, "run_one",
                         lambda s, root, *a, **k: write_run(root, s, fake_results(s, primary=0.61)) or (0, ""))
 
-    class Est:
-        def time_s(self, spec):
-            return 1.0
-
-    runner.execute([(spec, ["table5"])], ctx.root, Est(), log=lambda m: None, ledger=ctx.ledger)
+    runner.execute([(spec, ["table5"])], ctx.root, FixedEstimate(), log=lambda m: None, ledger=ctx.ledger)
     assert S.ledger_entry(ctx.ledger, spec)["results"]["test"]["accuracy"] == 0.61

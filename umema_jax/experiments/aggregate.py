@@ -97,12 +97,6 @@ class CellResult:
                 "failed": self.failed, "runs": self.runs}
 
 
-def repo_relative(path: str) -> str:
-    """A path inside the repository as seen from its root (sidecars do not change with the clone's location)."""
-    path = os.path.abspath(path)
-    return os.path.relpath(path, S.REPO_ROOT) if path.startswith(S.REPO_ROOT + os.sep) else path
-
-
 def metric_key(path: str) -> str:
     return path.split(".")[-1]
 
@@ -126,7 +120,7 @@ def get_metric(results: dict, path: str):
 def summarise(cell: Cell, root: str, ledger: str = "") -> CellResult:
     values, failed, runs = {}, 0, []
     for spec in cell.specs:
-        runs.append(repo_relative(S.workdir(root, spec)))
+        runs.append(S.repo_relative(S.workdir(root, spec)))
         results = S.load_results(root, spec, ledger)
         if results is None:
             failed += S.failure(root, spec) is not None
@@ -276,12 +270,12 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
     lr = ctx.lr_note()
     if lr:
         md += [f"- learning rates: {lr}"]
-    md += ["", f"Command: `{command}` · commit `{sha}` · runs under `{repo_relative(ctx.root)}`", ""]
+    md += ["", f"Command: `{command}` · commit `{sha}` · runs under `{S.repo_relative(ctx.root)}`", ""]
     write_text(os.path.join(out_dir, f"{target}.md"), "\n".join(md))
     sidecar = {"target": target, "title": title, "profile": ctx.profile.name, "command": command, "commit": sha,
                "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "deviations": list(ctx.profile.deviations), "learning_rates": ctx.lr_selection,
-               "root": repo_relative(ctx.root), "cells": [c.to_json() for c in cells], "claims": claims,
+               "root": S.repo_relative(ctx.root), "cells": [c.to_json() for c in cells], "claims": claims,
                # what the README shows of this output (pipeline.sync_readme): the table(s) and the verdicts
                "summary_markdown": "\n".join(compact_tables(body) + ["", "Claims (EXPERIMENTS.md §5):", ""]
                                              + claims_markdown(claims))}

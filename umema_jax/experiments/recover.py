@@ -27,14 +27,14 @@ from absl import app, flags
 
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.profiles import get_profile
-from umema_jax.experiments.targets import LR_FILE, ORDER, TARGETS, Context
+from umema_jax.experiments.targets import LR_FILE, NER, ORDER, TARGETS, Context
 from umema_jax.train.outputs import git_commit, write_json
 
 RECOVERED = "recovered from published outputs"
 
 
 def _primary(spec: S.RunSpec) -> str:
-    return "span_f1" if spec.get("data.name") in ("wnut17", "ploner") else "accuracy"
+    return "span_f1" if spec.get("data.name") in NER else "accuracy"
 
 
 def _set(tree: dict, path: str, value) -> None:
@@ -53,7 +53,7 @@ def published_values(ctx: Context) -> dict:
             side = json.load(f)
         if not isinstance(side, dict) or "cells" not in side:
             continue                                   # lr_selection.json and other non-table files
-        rel = os.path.relpath(path, S.REPO_ROOT) if path.startswith(S.REPO_ROOT + os.sep) else path
+        rel = S.repo_relative(path)
         for cell in side["cells"]:
             for run_dir in cell.get("runs", []):
                 spec = specs.get(os.path.basename(run_dir))

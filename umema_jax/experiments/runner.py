@@ -179,7 +179,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
         todo.append((spec, names, st))
     total_jobs = len(jobs)
     already = total_jobs - len(todo)
-    skipped_failed = sum(1 for spec, _ in jobs if S.status(root, spec, ledger) == "failed") if not retry_failed else 0
+    skipped_failed = 0 if retry_failed else sum(1 for spec, _ in jobs if S.status(root, spec, ledger) == "failed")
     est = {spec.key: estimator.time_s(spec) for spec, _, _ in todo}
     summary = {"planned": total_jobs, "already_done": already - skipped_failed, "skipped_failed": skipped_failed,
                "ran": 0, "failed": [], "stopped": None, "elapsed_s": 0.0, "claimed_elsewhere": 0}

@@ -123,6 +123,13 @@ def load_config(spec: RunSpec):
 
 # --------------------------------------------------------------------------- run directories
 
+def repo_relative(path: str) -> str:
+    """A path inside the repository as seen from its root (what the ledger and sidecars record, so they do
+    not change with the clone's location); a path outside it, absolute."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, REPO_ROOT) if path.startswith(REPO_ROOT + os.sep) else path
+
+
 def workdir(root: str, spec: RunSpec) -> str:
     return os.path.join(root, "bench", spec.name) if spec.kind == "bench" else os.path.join(root, spec.name)
 
@@ -157,9 +164,7 @@ def stale_keys(root: str, spec: RunSpec, ledger: str = "") -> list:
     `spec` resolves to with today's defaults; [] when they agree or the run has not started."""
     if spec.kind != "train":
         return []
-    path, in_ledger = os.path.join(workdir(root, spec), "config.json"), False
-    if not os.path.isfile(path) and ledger:
-        path, in_ledger = ledger_path(ledger, spec), True
+    path, in_ledger = _recorded_config(root, spec, ledger)
     try:
         stamp = (path, os.stat(path).st_mtime_ns, spec.key)
     except OSError:
@@ -171,6 +176,14 @@ def stale_keys(root: str, spec: RunSpec, ledger: str = "") -> list:
     return list(_STALE_CACHE[stamp])
 
 
+def _recorded_config(root: str, spec: RunSpec, ledger: str) -> tuple[str, bool]:
+    """Where a run's config is recorded: (its `config.json`, False), else (its ledger entry, True)."""
+    path = os.path.join(workdir(root, spec), "config.json")
+    if os.path.isfile(path) or not ledger:
+        return path, False
+    return ledger_path(ledger, spec), True
+
+
 def _read_json(path: str):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -178,9 +191,8 @@ def _read_json(path: str):
 
 def stale_note(root: str, spec: RunSpec, ledger: str = "") -> str:
     """One line for a stale run: where it is, what differs, what to do."""
-    where = workdir(root, spec)
-    if not os.path.isfile(os.path.join(where, "config.json")) and ledger_entry(ledger, spec) is not None:
-        where = ledger_path(ledger, spec)
+    path, in_ledger = _recorded_config(root, spec, ledger)
+    where = path if in_ledger else workdir(root, spec)
     return (f"{where} was trained under other defaults ({', '.join(stale_keys(root, spec, ledger)[:5])}); "
             "not used: delete it to rerun, or key the setting explicitly")
 
@@ -271,8 +283,7 @@ def load_results(root: str, spec: RunSpec, ledger: str = "") -> dict | None:
         return None
     path = os.path.join(workdir(root, spec), RESULT_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return _read_json(path)
     entry = ledger_entry(ledger, spec)
     return None if entry is None else entry["results"]
 
@@ -309,8 +320,7 @@ def record(root: str, ledger: str, spec: RunSpec) -> bool:
     paths = {"config": os.path.join(wd, "config.json"), "results": os.path.join(wd, RESULT_FILE)}
     if not all(os.path.isfile(p) for p in paths.values()):
         return False
-    rel = os.path.relpath(wd, REPO_ROOT) if wd.startswith(REPO_ROOT + os.sep) else wd
-    entry = {"run": spec.name, "command": spec.command(rel), "source": "run directory",
+    entry = {"run": spec.name, "command": spec.command(repo_relative(wd)), "source": "run directory",
              **{key: _read_json(path) for key, path in paths.items()}}
     if ledger_entry(ledger, spec) == entry:
         return False

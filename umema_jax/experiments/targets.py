@@ -847,7 +847,8 @@ def fig7_render(ctx, results):
         for m in P.ABLATION + P.BASELINES:
             name = P.method_name(m, ctx.implemented)
             res = one(results, backbone=b.label, method=m.label)
-            run = S.load_results(ctx.root, res.cell.specs[0], ctx.ledger) if res is not None and res.cell.specs else None
+            run = (S.load_results(ctx.root, res.cell.specs[0], ctx.ledger)
+                   if res is not None and res.cell.specs else None)
             rec = records.get(name) if name else None
             if name is None:
                 rows.append({"backbone": b.label, "method": m.label, "status": "not implemented"})
