@@ -208,6 +208,14 @@ def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
     assert "| SmolLM2-135M | LoRA | – (0/3 runs) |  |  |  | 77.00 ± 0.00 |" in auroc   # LoRA: max-prob only
     t3 = (tmp_path / "out" / "table3.md").read_text()
     assert "| SmolLM2-135M | LISA | not implemented |" in t3
+    # table 3's second part: each method at the selection cell with its LR, calibration and cost (same runs)
+    profile = t3.split("Each method on SemEval")[1].split("## Claims")[0]
+    assert "| backbone | method | lr | Acc | ECE | NLL | ECE after TS | NLL after TS | trainable params | " \
+        "s / epoch |" in profile
+    assert "| SmolLM2-135M | LoRA | 0.0002 | 31.00 ± 1.00 | 10.00 ± 0.00 | 1.5000 ± 0.0000 | 1.00 ± 0.00 | " \
+        "1.0000 ± 0.0000 | 100 ± 0 | 30 ± 0 |" in profile
+    assert "| SmolLM2-135M | LISA | – | not implemented |" in profile
+    assert "of 6 comparisons" in t3                  # C5: Ours vs LoRA in 2 datasets x 3 sizes, accuracy part only
 
 
 def test_time_cap_stops_between_runs_and_the_next_call_continues(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ import os
 from umema_jax.experiments import specs as S
 from umema_jax.train.outputs import write_json, write_text
 
+COUNTS = ("trainable", "frozen", "total", "steps")      # shown as integers with thousands separators
 PERCENT = ("accuracy", "span_f1", "ece", "primary", "macro_f1", "semeval_f1", "aurc", "f1")
 
 NOT_IMPLEMENTED = "not implemented"
@@ -105,6 +106,10 @@ def fmt(x: float | None, metric: str) -> str:
     if x is None:
         return "n/a"
     key = metric_key(metric)
+    if key in COUNTS:
+        return f"{x:,.0f}"
+    if key.endswith("_s"):
+        return f"{x:.0f}"                      # seconds
     return f"{100 * x:.2f}" if key in PERCENT + ("{primary}",) or key.startswith("auroc_") else f"{x:.4f}"
 
 

@@ -375,27 +375,65 @@ def _pair_claim(results, cid, text, better, worse, mode="every", higher=True, me
     return A.claim(cid, text, verdict, detail + _one_seed_note(comps), comps)
 
 
-def _table(ctx, results, name, title, body_note, claims, doc):
+def _table(ctx, results, name, title, body_note, claims, doc, extra_body=(), all_cells=None):
     body = [body_note, ""] + A.pivot(results, ("backbone", "method"), ("dataset", "size"))
     absent = [DATASET_LABEL[d] for d in (CLS + NER) if d not in ctx.profile.datasets]
     body += ["", "mean ± std over seeds (test, %); `– (k/N runs)` = not computed yet, `not implemented` = the "
              "method's issue has not landed."]
     if absent:
         body += [f"Datasets not in profile `{ctx.profile.name}`: {', '.join(absent)}."]
-    A.write(ctx.out, name, title, ctx, body, claims, results, doc=doc)
+    body += list(extra_body)
+    A.write(ctx.out, name, title, ctx, body, claims, results if all_cells is None else all_cells, doc=doc)
+
+
+# Table 3's second part (issue 12): every method at the LR-selection cell with its calibration and cost
+# beside its accuracy; (column, results.json path). Same runs as the first part: no extra training.
+METHOD_PROFILE_METRICS = (("Acc", "test.{primary}"), ("ECE", "test.ece"), ("NLL", "test.nll"),
+                          ("ECE after TS", "test_posthoc_ts.ece"), ("NLL after TS", "test_posthoc_ts.nll"),
+                          ("trainable params", "params.trainable"), ("s / epoch", "mean_train_time_per_epoch_s"))
+
+
+def method_profile_cells(ctx, methods) -> list:
+    """Each method on SemEval at the selection size, every seed, one cell per METHOD_PROFILE_METRICS column;
+    the row says the LR it ran at (adapter methods share LoRA's, full-weight methods have their own)."""
+    if "semeval" not in ctx.profile.datasets:
+        return []
+    cells = []
+    for b in ctx.profile.backbones:
+        for m in methods:
+            lr = ctx.lr(b, m.family)
+            for label, path in METHOD_PROFILE_METRICS:
+                cells.append(train_cell(ctx, {"part": "method profile", "backbone": b.label, "method": m.label,
+                                              "lr": "–" if lr is None else f"{lr:g}", "metric": label},
+                                        b, "semeval", m, ctx.profile.selection_size, metric=path))
+    return cells
 
 
 def table3_cells(ctx):
     """Table 3: classification (20News, SemEval; accuracy, mean ± std) of the baselines (SplitLoRA, LISA,
-    MiLoRA, FLoRA, ALoRA, full FT), LoRA and Ours at every train size. LoRA and Ours are table5's runs."""
-    return grid_cells(ctx, P.COMPARISON, CLS)
+    MiLoRA, FLoRA, ALoRA, full FT), LoRA and Ours at every train size. LoRA and Ours are table5's runs.
+    A second table puts each method's test ECE and NLL (raw and after post-hoc temperature scaling),
+    trainable parameters and training time per epoch beside its accuracy, on SemEval at the selection size."""
+    return grid_cells(ctx, P.COMPARISON, CLS) + method_profile_cells(ctx, P.COMPARISON)
+
+
+def _method_profile_table(results) -> list:
+    profile = [r for r in results if r.cell.labels.get("part") == "method profile"]
+    if not profile:
+        return []
+    return ["", "Each method on SemEval at the LR-selection size: test accuracy and calibration (%, NLL in nats; "
+            "after TS = temperature fitted on dev NLL), trainable parameters and the training run's own mean "
+            "time per epoch (s; wall time of whatever machine ran it, not a benchmark). `n/a (no …)`: a run "
+            "recovered from published outputs, which kept only the metrics the tables showed.", ""] \
+        + A.pivot(profile, ("backbone", "method", "lr"), ("metric",))
 
 
 def table3_render(ctx, results):
-    claims = [_best_claim(results, "C5", "Ours best in every table3 cell (L3, L80)", P.OURS.label,
+    accuracy = [r for r in results if r.cell.labels.get("part") != "method profile"]
+    claims = [_best_claim(accuracy, "C5", "Ours best in every table3 cell (L3, L80)", P.OURS.label,
                           [DATASET_LABEL[d] for d in CLS])]
-    _table(ctx, results, "table3", "Table 3: classification vs baselines (accuracy)", "Test accuracy.", claims,
-           TARGETS["table3"].doc)
+    _table(ctx, accuracy, "table3", "Table 3: classification vs baselines (accuracy)", "Test accuracy.", claims,
+           TARGETS["table3"].doc, extra_body=_method_profile_table(results), all_cells=results)
 
 
 def table4_cells(ctx):

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from umema_jax.methods.base import Controller, Method, register
+from umema_jax.train.state import path_keys
 
 INIT_TAG = 0xA10A          # separates the new-rank initialisation keys from the run's other keys
 
@@ -100,7 +101,7 @@ def module_names(gates) -> list:
     """`<path>/<layer>` of every row of `flat_gates`."""
     names = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(gates):
-        mod = "/".join(str(getattr(k, "key", k)) for k in path[:-1] if getattr(k, "key", k) != "backbone")
+        mod = "/".join(k for k in path_keys(path[:-1]) if k != "backbone")
         names += [f"{mod}/{layer}" for layer in range(leaf.shape[0])]
     return names
 
@@ -281,11 +282,11 @@ class ALoRA(Method):
         from umema_jax.adapters.lora import init_lora
         gates = state.extra["gates"]
         by_module = jax.tree_util.tree_leaves_with_path(unflat_gates(added, gates))
-        by_module = {tuple(getattr(k, "key", k) for k in p[:-1]): m for p, m in by_module}
+        by_module = {tuple(path_keys(p[:-1])): m for p, m in by_module}
         fresh = {"backbone": init_lora(key, frozen["backbone"], self.model.lora_cfg, self.model.backbone_cfg.arch)}
 
         def slot_mask(path, leaf):
-            keys = tuple(getattr(k, "key", k) for k in path)
+            keys = tuple(path_keys(path))
             if keys[0] != "lora" or keys[-1] not in ("lora_a", "lora_b"):
                 return None
             m = by_module[keys[1:-1]] > 0

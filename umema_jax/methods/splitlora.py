@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from umema_jax.methods.base import Controller, Method, register
+from umema_jax.train.state import path_keys
 
 MODES = ("parallel", "sequential")
 BLOCK_SCOPES = {"gpt2": "h", "llama": "layers"}     # the scanned blocks under `backbone/`
@@ -144,7 +145,7 @@ def per_slot(inner: optax.GradientTransformation) -> optax.GradientTransformatio
 
 
 def _is_client(path) -> bool:
-    keys = [getattr(k, "key", k) for k in path]
+    keys = path_keys(path)
     return len(keys) > 1 and keys[0] == "lora" and keys[1] == "client"
 
 
