@@ -479,6 +479,9 @@ def test_compact_tables_leave_out_what_has_no_value():
         "outro", "", "(Rows and columns with no computed value yet are left out here.)"]
     full = ["| backbone | method | a |", "|---|---|---|", "| M | LoRA | 1.00 |"]
     assert A.compact_tables(full) == full                     # nothing to leave out: unchanged, no note
+    with_lr = ["| backbone | method | lr | a |", "|---|---|---|---|", "| M | LoRA | 0.005 | 1.00 |",
+               "| M | LISA | – | – (LR not chosen) |"]        # an LR label column is a row label, not a value
+    assert A.compact_tables(with_lr)[:3] == with_lr[:3] and len(A.compact_tables(with_lr)) == 5
 
 
 def test_a_run_trained_under_other_defaults_is_stale_never_aggregated_nor_resumed(tmp_path, monkeypatch):

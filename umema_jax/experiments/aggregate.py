@@ -234,7 +234,7 @@ def compact_tables(lines: list) -> list:
             j += 1
         rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in [lines[i]] + lines[i + 2:j]]
         head, body = rows[0], rows[1:]
-        labels = next((k for k, h in enumerate(head) if h in ("method", "metric")), 0) + 1   # leading label columns
+        labels = max((k for k, h in enumerate(head) if h in ("method", "metric", "lr")), default=0) + 1   # row labels
         keep_rows = [r for r in body if not all(_empty(c) for c in r[labels:])]
         keep_cols = [k for k in range(len(head)) if k < labels or any(not _empty(r[k]) for r in keep_rows)]
         dropped |= len(keep_rows) < len(body) or len(keep_cols) < len(head)
