@@ -46,14 +46,17 @@ def test_bench_compare_reports_ratios_to_lora_and_runs_baselines_through_their_h
     # One subprocess for every --compare check (each start-up + compile costs ~15 s of the suite).
     # `method/cpu_matmul` entries pick the matmul path per variant (here XLA for the baseline, auto for full).
     recs = run_bench("--backbone=llama-tiny", "--task=ner", "--compare",
-                     "--methods_to_compare=lora/xla,full,milora,alora", "--rounds=1", "--steps_per_round=1",
+                     "--methods_to_compare=lora/xla,full,milora,alora,splitlora", "--rounds=1", "--steps_per_round=1",
                      "--eval_steps=0")
     summary, by = recs[-1], {r["method"]: r for r in recs[:-1]}
     assert summary["compare"] and summary["baseline"] == "lora/xla"
-    assert list(summary["relative_step_time"]) == ["lora/xla", "full", "milora", "alora"]
+    assert list(summary["relative_step_time"]) == ["lora/xla", "full", "milora", "alora", "splitlora"]
     assert summary["relative_step_time"]["lora/xla"] == 1.0
     assert all(v > 0 for v in summary["relative_step_time"].values())
-    assert [r["method"] for r in recs[:-1]] == ["lora", "full", "milora", "alora"]
+    assert [r["method"] for r in recs[:-1]] == ["lora", "full", "milora", "alora", "splitlora"]
+    # SplitLoRA's 3 clients each send ceil(2 / 3) = 1 row, as data.federated.ClientBatches trains it
+    assert by["splitlora"]["batch"] == 2 and by["splitlora"]["batch_rows"] == 3 and by["lora"]["batch_rows"] == 2
+    assert by["splitlora"]["tokens_per_s"] == pytest.approx(3 * 16 / by["splitlora"]["step_s"])
     assert [r["variant"] for r in recs[:-1]][:2] == ["lora/xla", "full"] and recs[0]["cpu_matmul"] == "xla"
     assert recs[1]["cpu_matmul"] in ("xla", "onednn")
     # ALoRA reports LoRA at r_init (its active budget); MiLoRA an expert on each linear module + routers

@@ -205,11 +205,21 @@ def bench_method(method: str, hp: str = ""):
     from umema_jax import methods   # imported late: jax must not start before XLA_FLAGS are set
     c = method_config(method, hp)
     meth = methods.from_config(c)
-    clients = int(c.methods[method].clients) if method == "splitlora" else 1
-    if _BATCH.value % clients:
-        raise app.UsageError(f"--batch={_BATCH.value}: splitlora needs a multiple of its {clients} clients "
-                             f"(every client sends batch/N rows per step)")
     return meth
+
+
+def step_rows(impl) -> int:
+    """Rows one train step of `impl` processes for --batch: in parallel mode SplitLoRA's N clients each
+    send ceil(batch / N) rows (`data.federated.ClientBatches`), so its step is timed on that many, as it trains."""
+    parallel = impl.name == "splitlora" and impl.hp.mode == "parallel"   # else B rows a step (FLoRA too)
+    clients = int(impl.clients) if parallel else 1
+    return -(-_BATCH.value // clients) * clients
+
+
+def rows_of(batch: dict, rows: int) -> dict:
+    """The shared random batch cut or cycled to `rows` rows (same tokens for every method)."""
+    import numpy as np
+    return {k: np.resize(v, (rows,) + v.shape[1:]) for k, v in batch.items()}
 
 
 def random_batch(rng, vocab: int):
@@ -270,7 +280,9 @@ class Runner:
         state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
         self.state_sh = state_sh
         self.state = jax.device_put(state, state_sh)
-        self.batch = shd.put_batch(shared["batch"], mesh)
+        self.rows = step_rows(impl)
+        batch = shared["batch"] if self.rows == _BATCH.value else rows_of(shared["batch"], self.rows)
+        self.batch = shd.put_batch(batch, mesh)
         train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, method=impl),
                                   state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
         # Exactly as train/loop.py builds them.
@@ -338,19 +350,19 @@ class Runner:
 
     def record(self, shared: dict, devices) -> dict:
         cfg = shared["backbone"][0]
-        tokens = _BATCH.value * _SEQ.value
+        tokens = self.rows * _SEQ.value
         st = _stats(self.times)
         lcfg = self.lora_cfg
         # The model's own LoRA (a method may set rank and targets: ALoRA's r_cap slots, MiLoRA's experts on
         # every module, computed densely); step_flops names modules without their block scope.
         lora_regex = "" if lcfg is None else (".*" if lcfg.route_top_k else lcfg.regex(cfg.arch))
-        fl = step_flops(cfg, seq_len=_SEQ.value, batch=_BATCH.value, lora_rank=lcfg.rank if lcfg else 0,
+        fl = step_flops(cfg, seq_len=_SEQ.value, batch=self.rows, lora_rank=lcfg.rank if lcfg else 0,
                         lora_regex=lora_regex or "$^", task=_TASK.value, num_labels=_NUM_LABELS.value,
                         full_finetune=self.full_weight or _TRAINABLE.value in (".*", "^.*$", ""))
         peak = peak_flops(devices[0], _DTYPE.value, _PEAK_TFLOPS.value)
         rec = dict(
             impl="umema_jax", method=self.method, variant=self.label, backbone=_BACKBONE.value, weights=_WEIGHTS.value,
-            task=_TASK.value, seq_len=_SEQ.value, batch=_BATCH.value, dtype=_DTYPE.value,
+            task=_TASK.value, seq_len=_SEQ.value, batch=_BATCH.value, batch_rows=self.rows, dtype=_DTYPE.value,
             frozen_dtype=_FROZEN_DTYPE.value or _DTYPE.value, devices=len(devices), mesh_model=_MESH_MODEL.value,
             num_labels=_NUM_LABELS.value, lora_rank=_RANK.value, dropout=_LORA_DROPOUT.value,
             trainable_regex=_TRAINABLE.value, remat=_REMAT.value, cpu_matmul=self.cpu_matmul, steps=len(self.times),
@@ -400,6 +412,11 @@ def _parse_methods(spec: str) -> list[str]:
     return methods
 
 
+def progress(message: str, t0: float) -> None:
+    """One line on stderr (stdout carries only the JSON records) so a long --compare shows where it is."""
+    print(f"[bench] {message}; elapsed {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -436,10 +453,15 @@ def main(argv) -> None:
         return
 
     methods = _parse_methods(_COMPARE_METHODS.value)
-    runners = [Runner(m, mesh, shared) for m in methods]
+    t0, runners = time.perf_counter(), []
+    for i, m in enumerate(methods):
+        runners.append(Runner(m, mesh, shared))
+        progress(f"{m}: compiled in {runners[-1].compile_s:.1f} s ({i + 1}/{len(methods)} methods)", t0)
     per_round: dict[str, list[float]] = {m: [] for m in methods}
     eval_per_round = max(1, _EVAL_STEPS.value // _ROUNDS.value) if _EVAL_STEPS.value else 0
     for r in range(_ROUNDS.value):
+        if r:
+            progress(f"round {r}/{_ROUNDS.value} timed", t0)
         order = runners if r % 2 == 0 else runners[::-1]   # alternate the order, too
         for runner in order:
             start = len(runner.times)

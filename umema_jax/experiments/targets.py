@@ -914,17 +914,20 @@ def fig7_render(ctx, results):
             rows.append(row)
             if epoch_s is not None and mem is not None:
                 points.append(row)
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(8, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for p in points:
         ax.scatter(p["trainable_params"], p["epoch_s"], s=max(20.0, p["peak_memory_mb"] / 10), alpha=0.5,
                    label=f"{p['method']} ({p['backbone']})")
+    # Trainable counts span ~3 decades (LoRA ~5e5, full FT ~1e8): a linear axis piles the adapters up.
+    if points and min(p["trainable_params"] for p in points) > 0:
+        ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(f"time per epoch (s, {steps_per_epoch} steps)")
-    ax.set_title(f"fig7 overhead ({ctx.profile.name})")
+    ax.set_title(f"fig7 overhead ({ctx.profile.name}; area = peak memory)")
     if points:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, markerscale=0.3, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(os.path.join(ctx.out, "fig7.png"), dpi=110)
     body = ["![fig7](fig7.png)", "", "| backbone | method | trainable params | step s (bench) | × LoRA | s/epoch | "
