@@ -208,14 +208,6 @@ def bench_method(method: str, hp: str = ""):
     return meth
 
 
-def step_rows(impl) -> int:
-    """Rows one train step of `impl` processes for --batch: in parallel mode SplitLoRA's N clients each
-    send ceil(batch / N) rows (`data.federated.ClientBatches`), so its step is timed on that many, as it trains."""
-    parallel = impl.name == "splitlora" and impl.hp.mode == "parallel"   # else B rows a step (FLoRA too)
-    clients = int(impl.clients) if parallel else 1
-    return -(-_BATCH.value // clients) * clients
-
-
 def rows_of(batch: dict, rows: int) -> dict:
     """The shared random batch cut or cycled to `rows` rows (same tokens for every method)."""
     import numpy as np
@@ -280,7 +272,7 @@ class Runner:
         state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
         self.state_sh = state_sh
         self.state = jax.device_put(state, state_sh)
-        self.rows = step_rows(impl)
+        self.rows = impl.step_rows(_BATCH.value)   # SplitLoRA (parallel): N clients x ceil(B / N), as it trains
         batch = shared["batch"] if self.rows == _BATCH.value else rows_of(shared["batch"], self.rows)
         self.batch = shd.put_batch(batch, mesh)
         train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, method=impl),

@@ -57,6 +57,12 @@ def _empty_batch(rows: int, n: int, encoded: EncodedDataset, task_id: int = 0) -
             "example_index": np.full((rows,), -1, np.int32)}
 
 
+def client_rows(batch_size: int, clients: int, schedule: str) -> int:
+    """Rows of one client's sub-batch: ceil(B / N) when all N clients send in every step (`parallel`),
+    else a whole batch of B."""
+    return -(-int(batch_size) // int(clients)) if schedule == "parallel" else int(batch_size)
+
+
 class ClientBatches:
     """`TrainBatches`' interface (`steps_per_epoch`, `epoch_batches`, `batch_at`, `iterate`) for N clients."""
 
@@ -66,7 +72,7 @@ class ClientBatches:
             raise ValueError(f"client schedule {schedule!r}: must be one of {', '.join(SCHEDULES)}")
         self.encoded, self.clients, self.schedule = encoded, int(clients), schedule
         self.shards = partition(len(encoded), self.clients, seed)
-        self.rows = -(-int(batch_size) // self.clients) if schedule == "parallel" else int(batch_size)
+        self.rows = client_rows(batch_size, self.clients, schedule)
         self.local = [TrainBatches(encoded.subset(s), self.rows, _client_seed(seed, k), pad_multiple=pad_multiple)
                       for k, s in enumerate(self.shards)]
         self.pad_multiple = pad_multiple

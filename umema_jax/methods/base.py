@@ -142,6 +142,10 @@ class Method:
         from umema_jax.data.pipeline import TrainBatches
         return TrainBatches(encoded, batch_size, seed, pad_multiple=pad_multiple)
 
+    def step_rows(self, batch_size: int) -> int:
+        """Rows one train step holds for `train.batch_size` (what `umema_jax.bench` times a step on)."""
+        return int(batch_size)
+
     # ---------------------------------------------------------------- optimizer and carried state
     def optimizer(self, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
         from umema_jax.train.state import make_optimizer

@@ -196,10 +196,20 @@ class SplitLoRA(Method):
         client = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.clients,) + x.shape), client)
         return dict(trainable, lora={"client": client, "server": _blocks(trainable["lora"], self.arch, self.cut, L)})
 
+    @property
+    def client_schedule(self) -> str:
+        """`data.federated` schedule: every client in every step (parallel) or the clients taking turns."""
+        return "parallel" if self.hp.mode == "parallel" else "interleaved"
+
+    def step_rows(self, batch_size: int) -> int:
+        from umema_jax.data.federated import client_rows
+        rows = client_rows(batch_size, self.clients, self.client_schedule)
+        return rows * self.clients if self.client_schedule == "parallel" else rows
+
     def train_batches(self, encoded, batch_size: int, seed: int, pad_multiple: int):
         from umema_jax.data.federated import ClientBatches
-        schedule = "parallel" if self.hp.mode == "parallel" else "interleaved"
-        self.batches = ClientBatches(encoded, batch_size, seed, self.clients, schedule, pad_multiple=pad_multiple)
+        self.batches = ClientBatches(encoded, batch_size, seed, self.clients, self.client_schedule,
+                                     pad_multiple=pad_multiple)
         accum = int(self.config.train.grad_accum_steps)
         if self.hp.mode == "parallel" and self.batches.rows % accum:
             # micro-batch i takes rows i, i+A, ...: whole client groups only when A divides b
