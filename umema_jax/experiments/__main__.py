@@ -23,6 +23,8 @@ _RETRY = flags.DEFINE_bool("retry_failed", False, "Re-run runs that failed befor
 _ONLY = flags.DEFINE_list("only", [], "Run one slice: KEY=VALUE,... over the runs' config overrides "
                           "(dataset, size, seed, method, lr, missing, model or any dotted key; a key "
                           "repeated = either value), e.g. --only=dataset=semeval,size=1000.")
+_DIRTY = flags.DEFINE_bool("allow_dirty", False, "Train even with uncommitted changes (published profiles "
+                           "refuse otherwise); such runs are marked in their tables.")
 _AGG = flags.DEFINE_bool("aggregate_only", False, "Run nothing; rebuild outputs from existing runs.")
 
 
@@ -34,7 +36,8 @@ def main(argv) -> None:
     try:
         summary = run_targets(names, _PROFILE.value, _ROOT.value, _OUT.value, isolation=_ISOLATION.value,
                               max_hours=_MAX_HOURS.value, retry_failed=_RETRY.value, dry_run=_DRY.value,
-                              aggregate_only=_AGG.value, only=_ONLY.value)
+                              aggregate_only=_AGG.value, only=_ONLY.value,
+                              allow_dirty=_DIRTY.value)
     except ValueError as err:
         print(f"experiments: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -223,9 +223,19 @@ def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
     return {"runs": rows, "totals": totals, "remaining_s": todo_s, "peak_gib": peak}
 
 
+def refuse_uncommitted(prof, allow_dirty: bool) -> None:
+    """A published profile trains only from committed code: each run records its commit, and a `-dirty`
+    one names no code anyone can check out. `allow_dirty` trains anyway; its cells are then marked."""
+    from umema_jax.train.outputs import git_commit
+    if prof.published and not allow_dirty and git_commit().endswith("-dirty"):
+        raise ValueError(f"the checkout has uncommitted changes to tracked files; profile {prof.name!r} "
+                         "publishes its runs, so commit first (or pass --allow_dirty: the cells are marked)")
+
+
 def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation: str = "subprocess",
                 max_hours: float | None = None, retry_failed: bool = False, dry_run: bool = False,
-                aggregate_only: bool = False, env: dict | None = None, log=None, only=None) -> dict:
+                aggregate_only: bool = False, env: dict | None = None, log=None, only=None,
+                allow_dirty: bool = False) -> dict:
     """The whole command: expand, (run lr_select first if needed), run, aggregate. Returns a summary.
 
     `only` (["dataset=semeval", "size=1000", ...]) runs one slice of the targets; the tables still
@@ -243,6 +253,7 @@ def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation
     summary = {"targets": names, "runs": []}
     deadline = max_hours
     if not aggregate_only:
+        refuse_uncommitted(prof, allow_dirty)
         est = Estimator(prof, ctx.root)
         waiting = families_waiting(ctx, names, only)
         if waiting:

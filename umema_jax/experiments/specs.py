@@ -27,11 +27,13 @@ import json
 import os
 import socket
 import re
+import shutil
 import sys
 
 from umema_jax.experiments.profiles import REPO_ROOT
 
 RESULT_FILE = "results.json"
+RECORD_FILE = "records.npz"          # umema_jax.metrics.records.FILE
 FAILED_FILE = "experiment_failed.json"
 BENCH_FILE = "bench.jsonl"
 LEDGER_DIR = "runs"              # under a profile's outputs: results/<profile>/runs/<run name>.json
@@ -322,9 +324,38 @@ def record(root: str, ledger: str, spec: RunSpec) -> bool:
         return False
     entry = {"run": spec.name, "command": spec.command(repo_relative(wd)), "source": "run directory",
              **{key: _read_json(path) for key, path in paths.items()}}
-    if ledger_entry(ledger, spec) == entry:
+    record_src = os.path.join(wd, RECORD_FILE)
+    record_dst = ledger_record_path(ledger, spec)
+    copy_record = os.path.isfile(record_src) and not _same_file_bytes(record_src, record_dst)
+    if ledger_entry(ledger, spec) == entry and not copy_record:
         return False
     from umema_jax.train.outputs import write_json
     os.makedirs(ledger, exist_ok=True)
+    if copy_record:                    # the record first: an entry never points at a missing record
+        shutil.copyfile(record_src, record_dst + ".tmp")
+        os.replace(record_dst + ".tmp", record_dst)
     write_json(ledger_path(ledger, spec), entry)
     return True
+
+
+def _same_file_bytes(a: str, b: str) -> bool:
+    if not os.path.isfile(b) or os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
+def ledger_record_path(ledger: str, spec: RunSpec) -> str:
+    return os.path.join(ledger, f"{spec.name}.npz")
+
+
+def record_path(root: str, spec: RunSpec, ledger: str = "") -> str | None:
+    """A finished, non-stale run's per-example record (`metrics.records`): in its run directory, else in
+    the ledger; None when it has none (e.g. runs recovered from published tables)."""
+    if spec.kind != "train" or stale_keys(root, spec, ledger):
+        return None
+    for path in (os.path.join(workdir(root, spec), RECORD_FILE),
+                 ledger_record_path(ledger, spec) if ledger else ""):
+        if path and os.path.isfile(path):
+            return path
+    return None

@@ -27,6 +27,13 @@ def _calibration_block(probs, labels, n_bins: int) -> dict:
 UNCERTAINTY_SCORES = ("u_ale", "u_epi", "u_bar", "temperature")
 
 
+def exported_scores(aux: dict | None) -> tuple:
+    """The per-example uncertainty scores a run reports: UM's, when the model has UM (without it the eval
+    step's temperature is a constant 1, nothing to score)."""
+    aux = aux or {}
+    return tuple(k for k in UNCERTAINTY_SCORES if k in aux) if "u_bar" in aux else ()
+
+
 def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
     """Error-detection AUROC of each exported uncertainty next to max-probability's (issue 15).
 

@@ -52,14 +52,13 @@ def load_splits(config):
 
 def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: dict):
     """(split, predictions) -> metrics with `primary` (accuracy | span F1) and the mean NLL `loss`."""
-    from umema_jax.metrics.evaluate import (UNCERTAINTY_SCORES, evaluate_classification, evaluate_ner,
+    from umema_jax.metrics.evaluate import (evaluate_classification, evaluate_ner, exported_scores,
                                             uncertainty_quality)
 
     def evaluate(split: str, preds: dict) -> dict:
         enc = encoded[split]
         aux = preds.get("aux") or {}
-        # UM's scores; without UM the eval step's temperature is a constant 1: nothing to score.
-        scores = [k for k in UNCERTAINTY_SCORES if k in aux] if "u_bar" in aux else []
+        scores = exported_scores(aux)
         if task_type == "cls":
             labels = np.asarray(enc.labels)
             m = evaluate_classification(preds["probs"], labels, label_names)

@@ -1,4 +1,5 @@
-"""Run artefacts in the workdir: config.json, results.json, predictions.jsonl, results.md, reliability.png."""
+"""Run artefacts in the workdir: config.json, results.json, records.npz, predictions.jsonl, results.md,
+reliability.png."""
 from __future__ import annotations
 
 import json
@@ -169,6 +170,38 @@ def posthoc_temperature_scaling(exp, run) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (/proc/cpuinfo), for the numerics record; '' where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def numerics_record(config) -> dict:
+    """What decides a run's rounding besides its config: the resolved matmul path and the host. Runs are
+    paired (same seed, same data order) only when these agree: rounding alone moves a result."""
+    import platform
+    from umema_jax.kernels.cpu_gemm import resolve
+    return {"matmul_path": resolve(str(config.model.cpu_matmul)), "backend": jax.default_backend(),
+            "cpu": cpu_model(), "machine": platform.machine()}
+
+
+def write_record(workdir: str, exp, run, posthoc_temperature: float) -> str:
+    """`records.npz`: every dev / test example's probabilities, gold label and uncertainty scores."""
+    from umema_jax.metrics import records
+    from umema_jax.metrics.evaluate import exported_scores
+    info = exp.info
+    splits = {split: records.split_record(exp.task_type, info["labels"], run.predictions[split],
+                                          exp.encoded[split], info["examples"][split],
+                                          exported_scores(run.predictions[split].get("aux")))
+              for split in records.SPLITS}
+    path = os.path.join(workdir, records.FILE)
+    records.save(path, records.RunRecord(exp.task_type, list(info["labels"]), float(posthoc_temperature), splits))
+    return path
+
+
 def lora_record(cfg, arch: str | None) -> dict | None:
     """The LoRA settings the model was built with, defaults resolved (alpha -1 = 2 * rank, '' = arch targets)."""
     if cfg is None:
@@ -178,7 +211,7 @@ def lora_record(cfg, arch: str | None) -> dict | None:
 
 
 def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
-    """results.json, predictions.jsonl, results.md and reliability.png; returns the results dict."""
+    """results.json, records.npz, predictions.jsonl, results.md and reliability.png; returns the results."""
     from umema_jax.metrics import reliability_diagram
     info = exp.info
     results = {
@@ -199,9 +232,10 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
         "mean_train_time_per_epoch_s": float(np.mean(run.epoch_times)) if run.epoch_times else None,
         "wall_time_s": wall_time_s, "memory": peak_memory(), "git_commit": git_commit(),
         "devices": [str(d) for d in jax.devices()], "mesh": dict(mesh.shape),
-        "jax_version": jax.__version__,
+        "jax_version": jax.__version__, "numerics": numerics_record(config),
     }
     results.update(posthoc_temperature_scaling(exp, run))
+    write_record(workdir, exp, run, results["posthoc_temperature"])
     write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
         f.write(results_table(results))
