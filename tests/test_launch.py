@@ -7,7 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+
+from umema_jax.metrics import records
+from umema_jax.uncertainty.temperature import rescale_probs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Longer than the default smoke run so there is time to kill it between checkpoints and the end.
@@ -77,6 +81,18 @@ def check_outputs(workdir, out):
     assert {"id", "gold", "pred", "confidence", "gold_prob", "top_probs", "aux"} <= set(pred)
     assert "u_bar" in pred["aux"]                       # the model's uncertainty outputs travel along
     assert "test accuracy" in out
+    # The per-example record alone reproduces every reported metric (UM's AUROCs and post-hoc TS included).
+    record = records.load(os.path.join(workdir, records.FILE))
+    assert set(record["test"].scores) == {"u_ale", "u_epi", "u_bar", "temperature"}
+    assert record.posthoc_temperature == results["posthoc_temperature"]
+    for split in ("dev", "test"):
+        recomputed = records.metrics_from_record(record, split)
+        reported = {k: v for k, v in results[split].items() if isinstance(v, float) and k != "loss"}
+        assert reported and {k: recomputed[k] for k in reported} == pytest.approx(reported, rel=1e-9, abs=1e-12)
+        scaled = rescale_probs(record[split].probs, record.posthoc_temperature)
+        ts = {k: v for k, v in results[f"{split}_posthoc_ts"].items() if isinstance(v, float)}
+        assert {k: records.metrics_from_record(record, split, scaled)[k] for k in ts} == \
+            pytest.approx(ts, rel=1e-5, abs=1e-7)
 
 
 def test_smoke_run_outputs_and_kill_interrupt_resume_is_bit_identical(env, tmp_path):
@@ -102,6 +118,9 @@ def test_smoke_run_outputs_and_kill_interrupt_resume_is_bit_identical(env, tmp_p
     assert new["dev"] == ref["dev"] and new["test"] == ref["test"]        # bit-identical metrics
     assert new["best_step"] == ref["best_step"] and new["dev_history"] == ref["dev_history"]
     assert read(workdir, "predictions.jsonl") == read(reference, "predictions.jsonl")
+    a, b = (records.load(os.path.join(d, records.FILE)) for d in (workdir, reference))
+    assert all(np.array_equal(a[s].probs, b[s].probs) and np.array_equal(a[s].scores["u_bar"], b[s].scores["u_bar"])
+               for s in ("dev", "test"))
     # Dev records are bit-identical. A train record averages loss/tokens over its logging
     # window; a SIGKILL loses the part of that window before the kill, so the resumed run's
     # first window covers fewer steps: compare which steps were logged and their schedule only.

@@ -473,6 +473,7 @@ def main(argv) -> None:
         rec["relative_step_time"] = statistics.median(runner.times) / base_med
         ratios = [a / b for a, b in zip(per_round[runner.label], per_round[base.label])]
         rec["relative_step_time_per_round"] = statistics.median(ratios)
+        rec["step_s_per_round"] = per_round[runner.label]      # paired rounds: the C15 cost test uses them
         summary["relative_step_time"][runner.label] = rec["relative_step_time"]
         summary["relative_step_time_per_round"][runner.label] = rec["relative_step_time_per_round"]
         if runner.eval_times and base.eval_times:

@@ -159,20 +159,39 @@ def test_cells_say_what_is_missing_and_baselines_fill_in_when_implemented(tmp_pa
     assert all(c.specs[0].get("model.method") == "lisa" for c in fw)
 
 
-def test_claim_verdicts_use_two_standard_errors():
+def test_claim_verdicts_use_paired_seeds_and_holm():
     def res(values, metric="test.accuracy"):
         return A.CellResult(A.Cell({}, metric=metric), dict(enumerate(values)), expected=len(values))
-    assert A.compare(res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))[0] == A.SUPPORTS
-    assert A.compare(res([0.40, 0.41, 0.42]), res([0.50, 0.51, 0.52]))[0] == A.CONTRADICTS
-    assert A.compare(res([0.40, 0.50, 0.60]), res([0.45, 0.50, 0.55]))[0] == A.CANNOT_TELL
-    assert A.compare(res([0.9]), res([0.1]))[0] == A.CANNOT_TELL               # one seed: no noise estimate
-    assert A.compare(res([0.1, 0.1], "test.ece"), res([0.2, 0.2], "test.ece"), higher_is_better=False)[0] == A.SUPPORTS
-    assert A.compare(res([]), res([0.1]))[0] == A.NOT_COMPUTED
-    assert A.combine([A.SUPPORTS, A.SUPPORTS])[0] == A.SUPPORTS
-    assert A.combine([A.SUPPORTS, A.NOT_COMPUTED])[0] == A.CANNOT_TELL        # "every" needs every cell
-    assert A.combine([A.SUPPORTS, A.CONTRADICTS])[0] == A.CONTRADICTS
-    assert A.combine([A.SUPPORTS, A.SUPPORTS, A.CONTRADICTS], "most")[0] == A.SUPPORTS
-    assert A.combine([A.NOT_COMPUTED])[0] == A.NOT_COMPUTED
+
+    def verdict(*pairs, mode="every", higher=True):
+        return A.combine([A.compare(a, b, higher) for a, b in pairs], mode)[0]
+    assert verdict((res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))) == A.SUPPORTS
+    assert verdict((res([0.40, 0.41, 0.42]), res([0.50, 0.51, 0.52]))) == A.CONTRADICTS
+    assert verdict((res([0.40, 0.50, 0.60]), res([0.45, 0.50, 0.55]))) == A.CANNOT_TELL
+    # The seeds pair up: a steady 1-2 point gain is found although the seeds spread over 20 points, which
+    # unpaired means would call noise (t = 5.0 on 2 df, p = 0.038) ...
+    assert verdict((res([0.52, 0.62, 0.72]), res([0.50, 0.60, 0.71]))) == A.SUPPORTS
+    # ... and an unsteady one is not (d = 2, 2, -1 points: t = 0.76)
+    assert verdict((res([0.52, 0.62, 0.70]), res([0.50, 0.60, 0.71]))) == A.CANNOT_TELL
+    assert verdict((res([0.9]), res([0.1]))) == A.CANNOT_TELL                  # one seed: no interval
+    assert "1 seed" in A.compare(res([0.9]), res([0.1]))["detail"]
+    assert verdict((res([0.1, 0.1], "test.ece"), res([0.2, 0.2], "test.ece")), higher=False) == A.SUPPORTS
+    assert A.compare(res([]), res([0.1]))["verdict"] == A.NOT_COMPUTED
+    # Holm: p = 0.02 alone supports; as one of three cells (the others null) it no longer does.
+    d = [0.0462, 0.0505, 0.0566]                                             # mean 0.0511, p ~ 0.0016
+    assert verdict((res(d), res([0, 0, 0]))) == A.SUPPORTS
+    lone = A.compare(res([0.02, 0.02, 0.01]), res([0, 0, 0]))                # p = 0.038
+    assert 0.03 < lone["p"] < 0.05
+    assert A.combine([dict(lone)])[0] == A.SUPPORTS
+    flat = A.compare(res([0.5, -0.5, 0.1]), res([0, 0, 0]))
+    assert A.combine([dict(lone), dict(flat), dict(flat)])[0] == A.CANNOT_TELL
+    comps = [dict(lone), dict(flat)]
+    A.combine(comps, "most")
+    assert comps[0]["p_holm"] == pytest.approx(2 * lone["p"]) and comps[0]["verdict"] == A.CANNOT_TELL
+    strong = A.compare(res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))
+    assert A.combine([dict(strong), dict(strong)])[0] == A.SUPPORTS
+    assert A.combine([dict(strong), A.compare(res([]), res([0.1]))])[0] == A.CANNOT_TELL   # "every" needs all
+    assert A.combine([A.compare(res([]), res([0.1]))])[0] == A.NOT_COMPUTED
 
 
 def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):

@@ -3,19 +3,24 @@
 Every cell of a table is a `Cell` (labels + one RunSpec per seed + the metric it
 reads). `summarise` turns it into a `CellResult` whose text never hides a hole:
 `not implemented`, `– (LR not chosen)`, `– (0/3 runs)`, `n/a (no key …)`,
-`failed`, or `mean ± std (2/3 seeds)` for a partial cell. Claims (EXPERIMENTS.md
-§5) are judged cell by cell with a two-standard-error rule; one seed gives no
-noise estimate, so it can only "cannot tell".
+`failed`, or `mean ± std (2/3 seeds)` for a partial cell. Claims (the paper's
+claims, `docs/EXPERIMENTS.md`) are judged by `stats.RULE`: paired differences
+over seeds with t intervals, Holm-corrected across the cells of a claim, with a
+paired bootstrap over test examples beside them from the per-example records.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import inspect
 import math
 import os
 
+import numpy as np
+
 from umema_jax.experiments import specs as S
+from umema_jax.experiments import stats
 from umema_jax.train.outputs import write_json, write_text
 
 COUNTS = ("trainable", "frozen", "total", "steps")      # shown as integers with thousands separators
@@ -44,6 +49,8 @@ class CellResult:
     expected: int
     failed: int = 0
     runs: list = dataclasses.field(default_factory=list)
+    records: dict = dataclasses.field(default_factory=dict)   # seed -> per-example record path
+    uncommitted: int = 0         # runs trained from a checkout with uncommitted changes
 
     @property
     def numbers(self) -> list:
@@ -88,6 +95,8 @@ class CellResult:
             text += f" ± {fmt(self.std, c.metric)}"
         if self.n < self.expected:
             text += f" ({self.n}/{self.expected} seeds)"
+        if self.uncommitted:
+            text += f" [{self.uncommitted} run(s) from uncommitted code]"
         return text
 
     def to_json(self) -> dict:
@@ -95,7 +104,8 @@ class CellResult:
                 ("complete" if self.complete else "partial" if self.n else "missing"),
                 "note": self.cell.note, "text": self.text(), "per_seed": {str(k): v for k, v in self.values.items()},
                 "mean": self.mean, "std": self.std, "n": self.n, "expected": self.expected,
-                "failed": self.failed, "runs": self.runs}
+                "failed": self.failed, "runs": self.runs,
+                "records": {str(k): S.repo_relative(v) for k, v in self.records.items()}}
 
 
 def metric_key(path: str) -> str:
@@ -123,15 +133,21 @@ def get_metric(results: dict, path: str):
 
 
 def summarise(cell: Cell, root: str, ledger: str = "") -> CellResult:
-    values, failed, runs = {}, 0, []
+    values, failed, runs, records, uncommitted = {}, 0, [], {}, 0
     for spec in cell.specs:
         runs.append(S.repo_relative(S.workdir(root, spec)))
         results = S.load_results(root, spec, ledger)
         if results is None:
             failed += S.failure(root, spec) is not None
             continue
-        values[spec.get("seed", 0)] = get_metric(results, cell.metric)
-    return CellResult(cell, values, expected=len(cell.specs), failed=failed, runs=runs)
+        seed = spec.get("seed", 0)
+        values[seed] = get_metric(results, cell.metric)
+        uncommitted += str(results.get("git_commit", "")).endswith("-dirty")
+        path = S.record_path(root, spec, ledger)
+        if path:
+            records[seed] = path
+    return CellResult(cell, values, expected=len(cell.specs), failed=failed, runs=runs, records=records,
+                      uncommitted=uncommitted)
 
 
 # --------------------------------------------------------------------------- claims
@@ -139,30 +155,57 @@ def summarise(cell: Cell, root: str, ledger: str = "") -> CellResult:
 SUPPORTS, CONTRADICTS, CANNOT_TELL, NOT_COMPUTED = "supports", "contradicts", "cannot tell", "not computed"
 
 
-def compare(a: CellResult, b: CellResult, higher_is_better: bool = True) -> tuple[str, str]:
-    """Is a better than b? Two standard errors of the difference of means (needs >= 2 seeds each)."""
+def _signed(x: float, metric: str) -> str:
+    return ("+" if x >= 0 else "-") + fmt(abs(x), metric)
+
+
+def compare(a: CellResult, b: CellResult, higher_is_better: bool = True) -> dict:
+    """Is a better than b? The paired per-seed difference (oriented: > 0 favours a) with its 95 % t
+    interval and p-value, plus a paired bootstrap over test examples for each seed pair with records.
+    The verdict is left to `combine`, which corrects across the cells of a claim (`stats.RULE`)."""
     if not a.n or not b.n:
-        return NOT_COMPUTED, "missing"
-    d = (a.mean - b.mean) * (1 if higher_is_better else -1)
+        return {"verdict": NOT_COMPUTED, "detail": "missing", "p": None}
+    sign = 1 if higher_is_better else -1
     m = a.cell.metric
-    if a.n >= 2 and b.n >= 2:
-        se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
-        detail = f"diff {fmt(abs(d), m)} {'for' if d > 0 else 'against'}, 2·SE {fmt(2 * se, m)}"
-        if d > 2 * se:
-            return SUPPORTS, detail
-        if d < -2 * se:
-            return CONTRADICTS, detail
-        return CANNOT_TELL, detail
-    return CANNOT_TELL, f"1 seed: diff {fmt(abs(d), m)} {'for' if d > 0 else 'against'} (no noise estimate)"
+    seeds = sorted(s for s in a.values if a.values[s] is not None and b.values.get(s) is not None)
+    res = stats.paired_t([sign * (a.values[s] - b.values[s]) for s in seeds])
+    if res.n == 0:
+        return {"verdict": NOT_COMPUTED, "detail": "no seed in common", "p": None}
+    if res.interval:
+        detail = (f"{_signed(res.mean, m)} [{_signed(res.lo, m)}, {_signed(res.hi, m)}], p {res.p:.3f}, "
+                  f"{res.n} paired seeds")
+    else:
+        detail = f"1 seed: {_signed(res.mean, m)} (no interval)"
+    boot = []
+    for s in seeds:
+        ci = bootstrap_cell_difference(a, b, s, sign)
+        if ci is not None:
+            boot.append({"seed": s, "diff": ci[0], "lo": ci[1], "hi": ci[2]})
+    if boot:
+        detail += "; boot " + ", ".join(f"s{x['seed']} [{_signed(x['lo'], m)}, {_signed(x['hi'], m)}]" for x in boot)
+    return {"verdict": CANNOT_TELL, "detail": detail, "effect": res.mean, "ci": [res.lo, res.hi], "p": res.p,
+            "n_seeds": res.n, "bootstrap": boot}
 
 
-def combine(verdicts: list, mode: str = "every") -> tuple[str, str]:
-    """Cell verdicts -> one. 'every': all must support; 'most': more than half must."""
+def combine(comps: list, mode: str = "every") -> tuple[str, str]:
+    """Comparisons (`compare`'s dicts, possibly with labels added) -> one claim verdict.
+
+    Holm's correction runs across the computed comparisons; each gets its own `verdict` and `p_holm`
+    (`stats.RULE`). 'every': all must support; 'most': more than half must."""
+    testable = [c for c in comps if c.get("p") is not None]
+    judged = stats.cell_verdicts([stats.PairedResult(c["n_seeds"], c["effect"], c["ci"][0], c["ci"][1], c["p"])
+                                  for c in testable], SUPPORTS, CONTRADICTS, CANNOT_TELL)
+    adjusted = stats.holm([c["p"] for c in testable])
+    for c, v, p in zip(testable, judged, adjusted):
+        c["verdict"], c["p_holm"] = v, p
+    verdicts = [c["verdict"] for c in comps]
     total = len(verdicts)
     counts = {v: sum(1 for x in verdicts if x == v) for v in (SUPPORTS, CONTRADICTS, CANNOT_TELL, NOT_COMPUTED)}
     computed = total - counts[NOT_COMPUTED]
-    detail = (f"{counts[SUPPORTS]} support, {counts[CONTRADICTS]} contradict, {counts[CANNOT_TELL]} within noise, "
+    detail = (f"{counts[SUPPORTS]} support, {counts[CONTRADICTS]} contradict, {counts[CANNOT_TELL]} cannot tell, "
               f"{counts[NOT_COMPUTED]} not computed, of {total} comparisons")
+    if len(testable) == 1 and math.isfinite(testable[0]["ci"][0]):
+        detail += f" ({testable[0]['detail']})"
     if not computed:
         return NOT_COMPUTED, detail
     if mode == "every":
@@ -178,6 +221,48 @@ def combine(verdicts: list, mode: str = "every") -> tuple[str, str]:
     return CANNOT_TELL, detail
 
 
+# --------------------------------------------------------------------------- per-example records
+
+@functools.lru_cache(maxsize=256)
+def _load_record(path: str):
+    from umema_jax.metrics import records
+    return records.load(path)
+
+
+def _bootstrap_metric(metric_path: str, task_type: str):
+    """record -> value for the metrics a paired bootstrap can recompute cheaply (cls accuracy; ECE, NLL,
+    Brier for any task), or None. `test_posthoc_ts.*` scales the record's probabilities by its T first."""
+    from umema_jax.metrics import calibration as cal
+    split, _, key = metric_path.partition(".")
+    if split not in ("test", "test_posthoc_ts"):
+        return None
+    if key in ("{primary}", "accuracy", "primary"):
+        return stats.correct_fraction if task_type == "cls" else None
+    fn = {"ece": cal.ece, "nll": cal.nll, "brier": cal.brier}.get(key)
+    return None if fn is None else (lambda r: float(fn(r.probs, r.labels)))
+
+
+def bootstrap_cell_difference(a: CellResult, b: CellResult, seed, sign: int):
+    """Paired bootstrap of a - b (times `sign`) over the test examples of seed `seed`; None without records."""
+    pa, pb = a.records.get(seed), b.records.get(seed)
+    if not pa or not pb:
+        return None
+    ra, rb = _load_record(pa), _load_record(pb)
+    metric = _bootstrap_metric(a.cell.metric, ra.task_type)
+    if metric is None or "test" not in ra.splits or "test" not in rb.splits:
+        return None
+    ta, tb = ra["test"], rb["test"]
+    if a.cell.metric.startswith("test_posthoc_ts."):
+        ta, tb = _scaled(ta, ra.posthoc_temperature), _scaled(tb, rb.posthoc_temperature)
+    point, lo, hi = stats.paired_bootstrap(metric, ta, tb, seed=int(seed))
+    return (sign * point,) + tuple(sorted((sign * lo, sign * hi)))
+
+
+def _scaled(split_record, t: float):
+    from umema_jax.uncertainty.temperature import rescale_probs
+    return dataclasses.replace(split_record, probs=np.asarray(rescale_probs(split_record.probs, t), np.float32))
+
+
 def claim(cid: str, text: str, verdict: str, detail: str, comparisons: list | None = None) -> dict:
     return {"id": cid, "claim": text, "verdict": verdict, "detail": detail, "comparisons": comparisons or []}
 
@@ -188,9 +273,7 @@ def claims_markdown(claims: list) -> list:
     lines = ["| claim | paper says | verdict | evidence |", "|---|---|---|---|"]
     for c in claims:
         lines.append(f"| {c['id']} | {c['claim']} | **{c['verdict']}** | {c['detail']} |")
-    lines += ["", "Verdicts: *supports* / *contradicts* = the difference is beyond two standard errors (≥ 2 seeds "
-              "per cell) for every compared cell; *cannot tell* = within seed noise, one seed only, or cells "
-              "still missing; *not computed* = no run yet."]
+    lines += ["", f"Verdicts: {stats.RULE} *not computed* = no run yet."]
     return lines
 
 
