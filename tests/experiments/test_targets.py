@@ -15,6 +15,7 @@ from umema_jax.experiments import aggregate as A
 from umema_jax.experiments import pipeline, runner
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
+from umema_jax.experiments import targets as T
 from umema_jax.experiments.targets import LR_FILE, ORDER, TARGETS, Context
 
 
@@ -96,15 +97,22 @@ def test_lr_select_reads_only_the_lora_baselines_dev_score(tmp_path):
         assert c.metric.startswith("dev.") and [s.get("model.method") for s in c.specs] == ["lora"]
         assert c.specs[0].get("data.name") == "semeval" and c.specs[0].get("data.train_size") == 1000
         assert c.specs[0].get("seed") == 0
-    # dev peaks at 1e-3 (tie with 2e-3 -> the lower), test would have picked 5e-5
+    # dev peaks at 1e-3 (tie with 2e-3 -> the lower), test would have picked 5e-3
     dev = {1e-3: 0.6, 2e-3: 0.6}
+    curves = {1e-3: [0.4, 0.6, 0.58], 2e-3: [0.5, 0.55, 0.6], 5e-3: [0.1, 0.2, 0.3]}
     for c in adapter:
         lr = c.labels["lr"]
-        write_run(ctx.root, c.specs[0], fake_results(c.specs[0], primary=0.9 if lr == 5e-5 else 0.1,
-                                                     dev=dev.get(lr, 0.3)))
+        history = [{"step": 10 * (i + 1), "dev_primary": v} for i, v in enumerate(curves[lr])]
+        write_run(ctx.root, c.specs[0], fake_results(c.specs[0], primary=0.9 if lr == 5e-3 else 0.1,
+                                                     dev=dev.get(lr, 0.3), dev_history=history))
     pipeline.render(ctx, ["lr_select"], log=lambda m: None)
     sel = json.loads((tmp_path / "out" / LR_FILE).read_text())["smollm2-135m"]
     assert sel["adapter"]["chosen"] == 1e-3 and sel["full_weight"]["status"] == "not implemented"
+    assert sel["adapter"]["converged"] is True              # best at evaluation 2 of 3
+    md = (tmp_path / "out" / "lr_select.md").read_text()
+    assert "| SmolLM2-135M | adapter | 0.002 | 50.0 55.0 60.0 | 3 of 3 | no |" in md
+    assert "| SmolLM2-135M | adapter | 0.001 | 40.0 60.0 58.0 | 2 of 3 | yes |" in md
+    assert T.converged([0.30, 0.597, 0.598, 0.60]) and not T.converged([0.30, 0.59, 0.598, 0.60])
     ctx2 = Context(P.get_profile("cpu"), ctx.root, ctx.out)
     assert ctx2.lr(ctx.profile.backbones[0], "adapter") == 1e-3
     md = (tmp_path / "out" / "table2.md")
@@ -377,7 +385,7 @@ def test_dry_run_lists_lr_selection_first_with_time_and_memory(tmp_path):
     seeds = [int(re.search(r"_s(\d+)_lr", r["run"]).group(1)) for r in rows if r["status"] == "pending LR"]
     assert seeds == sorted(seeds)                  # seed-major: a stopped target has whole seeds
     sem = next(r for r in rows if r["run"].startswith("semeval_smollm2-135m_full_n1000_s0"))
-    assert 10 * 60 < sem["est_s"] < 60 * 60 and 0.5 < sem["mem_gib"] < 16
+    assert 20 * 60 < sem["est_s"] < 2 * 60 * 60 and 0.5 < sem["mem_gib"] < 16     # 10 epochs of 63 steps
     assert any("remaining" in m for m in logs) and not os.path.exists(tmp_path / "runs")
 
 
@@ -392,7 +400,7 @@ def test_only_runs_one_slice_and_the_table_marks_the_rest(tmp_path, monkeypatch)
 
     monkeypatch.setattr(runner, "run_one", fake_run)
     monkeypatch.setattr(P, "implemented_methods", lambda: PAPER_ONLY)
-    pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, log=lambda m: None,
+    pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, log=lambda m: None, allow_dirty=True,
                          only=["dataset=semeval", "size=1000", "seed=0", "seed=1"])
     got = {(s.get("data.name"), s.get("data.train_size"), s.get("seed"), s.get("model.method")) for s in ran}
     assert got == {("semeval", 1000, seed, m) for seed in (0, 1) for m in ("lora", "lora+um", "lora+ema", "full")}
@@ -406,6 +414,16 @@ def test_only_runs_one_slice_and_the_table_marks_the_rest(tmp_path, monkeypatch)
         pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, dry_run=True, only=["data.colour=red"])
     with pytest.raises(ValueError, match="not KEY=VALUE"):
         pipeline.run_targets(["table5"], "cpu", ctx.root, ctx.out, dry_run=True, only=["seed"])
+
+
+def test_published_profiles_train_only_from_committed_code(tmp_path, monkeypatch):
+    from umema_jax.train import outputs
+    monkeypatch.setattr(outputs, "git_commit", lambda: "0123abc-dirty")
+    monkeypatch.setattr(runner, "run_one", lambda *a, **k: pytest.fail("a run started from uncommitted code"))
+    with pytest.raises(ValueError, match="uncommitted changes.*--allow_dirty"):
+        pipeline.run_targets(["table5"], "cpu", str(tmp_path / "runs"), str(tmp_path / "out"), log=lambda m: None)
+    pipeline.run_targets(["table5"], "cpu", str(tmp_path / "runs"), str(tmp_path / "out"), dry_run=True,
+                         log=lambda m: None)                      # a dry run trains nothing: allowed
 
 
 def test_paper_profile_memory_comes_from_shapes():
@@ -426,16 +444,27 @@ def test_fig7_reads_benchmark_step_times(tmp_path):
     os.makedirs(d)
     with open(os.path.join(d, S.BENCH_FILE), "w") as f:
         for m, t in (("lora", 1.0), ("lora+um", 1.05), ("lora+ema", 1.06), ("full", 1.1)):
+            rounds = [t * (1 + w) for w in (0.01, -0.02, 0.0, 0.015, -0.01, 0.005)]   # round-to-round drift,
             f.write(json.dumps({"method": m, "step_s": t, "trainable_params": 1000, "relative_step_time": t,
-                                "peak_rss_mb": 3000.0}) + "\n")
+                                "step_s_per_round": rounds, "peak_rss_mb": 3000.0}) + "\n")   # shared by all
     open(os.path.join(d, "done"), "w").close()
     pipeline.render(ctx, ["fig7"], log=lambda m: None)
     md = (tmp_path / "out" / "fig7.md").read_text()
     assert "| SmolLM2-135M | +UM | 1,000 | 1.0500 | 1.050 | 66.2 | 3000 |" in md   # 63 steps per epoch
     assert "| SmolLM2-135M | LISA | not implemented |" in md
     side = json.loads((tmp_path / "out" / "fig7.json").read_text())
-    assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == A.SUPPORTS
+    c15 = {c["id"]: c for c in side["claims"]}["C15"]
+    assert c15["verdict"] == A.SUPPORTS and "+EMA / +UM step time x1.010" in c15["detail"]
     assert os.path.getsize(tmp_path / "out" / "fig7.png") > 0
+    # +EMA within round noise of +UM (a 1 % median gap against 3 % swings that do not pair up): cannot tell
+    records = [json.loads(line) for line in open(os.path.join(d, S.BENCH_FILE))]
+    ema = next(r for r in records if r["method"] == "lora+ema")
+    ema["step_s_per_round"] = [1.06 * (1 + w) for w in (-0.03, 0.03, 0.02, -0.02, 0.01, -0.01)]
+    with open(os.path.join(d, S.BENCH_FILE), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    pipeline.render(ctx, ["fig7"], log=lambda m: None)
+    side = json.loads((tmp_path / "out" / "fig7.json").read_text())
+    assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == A.CANNOT_TELL
 
 
 def test_estimates_count_aloras_scoring_and_the_cpu_profile_scores_to_first_order(tmp_path):
@@ -448,7 +477,7 @@ def test_estimates_count_aloras_scoring_and_the_cpu_profile_scores_to_first_orde
     lora, taylor = E.run_time_s(spec("lora"), setup, 60), E.run_time_s(spec("alora"), setup, 60)
     ablation = E.run_time_s(spec("alora", (("methods.alora.scoring", "ablation"),)), setup, 60)
     assert lora < taylor < 1.2 * lora                 # 8 rounds x 2 backward passes of 32 examples
-    assert ablation > 5 * lora                        # 8 rounds x 2 x 481 forward passes of 32 examples
+    assert ablation > 4 * lora                        # 8 rounds x 2 x 481 forward passes of 32 examples
 
 
 def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):

@@ -132,7 +132,9 @@ def get_metric(results: dict, path: str):
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
-def summarise(cell: Cell, root: str, ledger: str = "") -> CellResult:
+def summarise(cell: Cell, root: str, ledger: str = "", mark_uncommitted: bool = True) -> CellResult:
+    """The cell's runs read from their directories or the ledger; `mark_uncommitted`: count the runs trained
+    from uncommitted code (shown in the cell's text; off for profiles that publish nothing)."""
     values, failed, runs, records, uncommitted = {}, 0, [], {}, 0
     for spec in cell.specs:
         runs.append(S.repo_relative(S.workdir(root, spec)))
@@ -142,7 +144,7 @@ def summarise(cell: Cell, root: str, ledger: str = "") -> CellResult:
             continue
         seed = spec.get("seed", 0)
         values[seed] = get_metric(results, cell.metric)
-        uncommitted += str(results.get("git_commit", "")).endswith("-dirty")
+        uncommitted += mark_uncommitted and str(results.get("git_commit", "")).endswith("-dirty")
         path = S.record_path(root, spec, ledger)
         if path:
             records[seed] = path
@@ -358,7 +360,8 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
     lr = ctx.lr_note()
     if lr:
         md += [f"- learning rates: {lr}"]
-    md += ["", f"Command: `{command}` · commit `{sha}` · runs under `{S.repo_relative(ctx.root)}`", ""]
+    # No commit or date in the table itself (the sidecar has both): a fresh clone re-renders it byte-identical.
+    md += ["", f"Command: `{command}` · runs under `{S.repo_relative(ctx.root)}`", ""]
     write_text(os.path.join(out_dir, f"{target}.md"), "\n".join(md))
     sidecar = {"target": target, "title": title, "profile": ctx.profile.name, "command": command, "commit": sha,
                "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -167,7 +167,7 @@ def render(ctx: Context, names: list, log) -> list:
         recorded = sum(S.record(ctx.root, ctx.ledger, s) for c in cells for s in c.specs)
         if recorded:
             log(f"[experiments] run ledger: {recorded} finished run(s) recorded under {ctx.ledger}")
-        results = [A.summarise(c, ctx.root, ctx.ledger) for c in cells]
+        results = [A.summarise(c, ctx.root, ctx.ledger, ctx.profile.published) for c in cells]
         t.render(ctx, results)
         written.append(os.path.join(ctx.out, f"{name}.md"))
         done = sum(r.n for r in results)

@@ -167,7 +167,7 @@ def _cpu() -> Profile:
         },
         sizes=(200, 500, 1000), seeds=(0, 1, 2),
         # Adapter grid at 10 epochs (measured on LoRA seed 0): 1e-2 stays at the chance loss (ln 19) for
-        # 180 steps, dev .126 and .042 after epochs 1-2, and was stopped as dominated; 5e-3 leaves the
+        # 180 steps, dev .126 .042 .144 after epochs 1-3, and was stopped as dominated; 5e-3 leaves the
         # chance plateau only after ~120 steps. `lr_select` asks to extend the grid if an edge point wins.
         lr_grid=(1e-3, 2e-3, 5e-3), full_weight_lr_grid=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3),
         missing_rates=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5), figure_size=200, figure_sizes=(200,),
@@ -187,7 +187,7 @@ def _cpu() -> Profile:
                     "PLONER 7 domains pooled",
                     "adapter LR grid {1e-3, 2e-3, 5e-3} instead of 5e-5 ... 1e-3: 5e-5 ... 5e-4 were "
                     "dominated at 4 epochs (dev 18.0 ... 44.8 % against 64.4 % at 5e-3); 1e-2 at 10 epochs "
-                    "stayed at the chance loss for 180 steps (dev 12.6 % and 4.2 % after epochs 1 and 2) and "
+                    "stayed at the chance loss for 180 steps (dev 12.6, 4.2, 14.4 % after epochs 1-3) and "
                     "was stopped",
                     "full-weight grid (LISA, full FT) 1e-4 ... 2e-3 instead of 1e-5 ... 1e-4: in 252 steps LISA "
                     "barely left the label prior at the low end (dev after epoch 1: 6.6 % at 1e-5, 18.4 % at 1e-4; "

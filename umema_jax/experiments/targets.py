@@ -173,6 +173,18 @@ def choose_lr(results: list) -> dict:
     return out
 
 
+CONVERGED_RULE = ("A run has converged when its best dev evaluation is not its last one, or when the two "
+                  "evaluations before its last are within 0.5 points of its best (dev has flattened).")
+
+
+def converged(curve: list) -> bool | None:
+    """CONVERGED_RULE on one dev curve (fractions); None without a curve."""
+    if not curve:
+        return None
+    best = max(curve)
+    return curve.index(best) < len(curve) - 1 or (len(curve) >= 3 and best - min(curve[-3:-1]) <= 0.005)
+
+
 def lr_tables(results: list) -> list:
     """Dev score by LR, one markdown table per method family (each over its own grid, LRs ascending)."""
     body = []
@@ -195,12 +207,16 @@ def lr_select_render(ctx: Context, results: list) -> None:
                 selection[b.name][fam] = {"chosen": None, "status": "not implemented"}
                 continue
             sel = choose_lr(rs)
-            # one extra fact for table2: is the best dev epoch the last one (then more epochs may help)?
-            chosen_run = next((r for r in rs if r.cell.labels["lr"] == sel["chosen"]), None)
-            if chosen_run is not None and chosen_run.cell.specs:
-                res = S.load_results(ctx.root, chosen_run.cell.specs[0], ctx.ledger) or {}
+            curves = {r.cell.labels["lr"]: S.load_results(ctx.root, r.cell.specs[0], ctx.ledger)
+                      for r in rs if r.cell.specs}
+            sel["dev_curves"] = {repr(lr): [h["dev_primary"] for h in (res or {}).get("dev_history") or []]
+                                 for lr, res in curves.items()}
+            # table2's fact: did the chosen run converge (CONVERGED), or does it need more epochs?
+            res = curves.get(sel["chosen"]) or {}
+            if res:
                 sel["best_step"], sel["steps"] = res.get("best_step"), res.get("steps")
-                sel["best_is_last"] = res.get("best_step") == res.get("steps") if res else None
+                sel["best_is_last"] = res.get("best_step") == res.get("steps")
+                sel["converged"] = converged(sel["dev_curves"][repr(sel["chosen"])])
             selection[b.name][fam] = sel
     os.makedirs(ctx.out, exist_ok=True)
     merged = dict(ctx.lr_selection)
@@ -214,10 +230,21 @@ def lr_select_render(ctx: Context, results: list) -> None:
         for fam, sel in fams.items():
             if sel.get("chosen") is not None:
                 edge = " (at the edge of the grid: extend it)" if sel.get("edge") else ""
+                conv = {True: "converged", False: "NOT converged: more epochs", None: "convergence unknown"}[
+                    sel.get("converged")]
                 body.append(f"- {b} {fam}: **chosen {sel['chosen']:g}**{edge}; best step {sel.get('best_step')} of "
-                            f"{sel.get('steps')}")
+                            f"{sel.get('steps')}; {conv}")
             else:
                 body.append(f"- {b} {fam}: not chosen ({sel.get('status') or 'grid incomplete'})")
+    label = {b.name: b.label for b in ctx.profile.backbones}
+    curves = [(label[b], fam, lr, c) for b, fams in selection.items() for fam, sel in fams.items()
+              for lr, c in (sel.get("dev_curves") or {}).items() if c]
+    if curves:
+        body += ["", f"Dev curves (primary metric %, one value per evaluation). {CONVERGED_RULE}", "",
+                 "| backbone | family | lr | dev by evaluation | best at | converged |", "|---|---|---|---|---|---|"]
+        for b, fam, lr, c in curves:
+            body.append(f"| {b} | {fam} | {float(lr):g} | {' '.join(f'{100 * x:.1f}' for x in c)} | "
+                        f"{1 + c.index(max(c))} of {len(c)} | {'yes' if converged(c) else 'no'} |")
     A.write(ctx.out, "lr_select", "Learning-rate selection (EXPERIMENTS.md §3)", ctx, body, [], results,
             {"selection": selection}, doc=TARGETS["lr_select"].doc)
 
