@@ -159,6 +159,10 @@ def sync_readme(out_dir: str, profile: str, readme: str) -> list:
     return done
 
 
+# Pages whose `<!-- experiments:<profile>/<target> -->` blocks every render rewrites from the sidecars.
+RESULT_PAGES = ("README.md", os.path.join("docs", "RESULTS.md"))
+
+
 def render(ctx: Context, names: list, log) -> list:
     written = []
     for name in names:
@@ -174,9 +178,10 @@ def render(ctx: Context, names: list, log) -> list:
         expected = sum(r.expected for r in results)
         log(f"[experiments] {name}: {done}/{expected} cell values computed -> {written[-1]}")
     if os.path.abspath(ctx.out) == os.path.join(S.REPO_ROOT, "results", ctx.profile.name):   # not a test's out
-        synced = sync_readme(ctx.out, ctx.profile.name, os.path.join(S.REPO_ROOT, "README.md"))
-        if synced:
-            log(f"[experiments] README.md blocks updated: {', '.join(synced)}")
+        for page in RESULT_PAGES:
+            synced = sync_readme(ctx.out, ctx.profile.name, os.path.join(S.REPO_ROOT, page))
+            if synced:
+                log(f"[experiments] {page} blocks updated: {', '.join(synced)}")
     return written
 
 
