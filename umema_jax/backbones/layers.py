@@ -90,9 +90,12 @@ class Router(nn.Module):
 
     Reads `lora/.../router/kernel [d, M]`; absent (model init, before the adapter
     exists) it returns None and the experts run ungated. From the block's input
-    `h [B,n,d]` at the prompt's last real token: probs = softmax(GELU(h_last) W_r),
-    gates = probs on the top-K experts and 0 elsewhere, *not* renormalised, so
-    the chosen experts' probabilities keep a router gradient."""
+    `h [B,n,d]` at the prompt's last real token: probs = softmax(GELU(h_last) W_r);
+    gates = probs on the top-K experts renormalised to sum to 1 (= a softmax over
+    the K chosen logits, as MixLoRA and MoLA route), 0 elsewhere. Unrenormalised
+    gates start near 1/M each, which cuts the experts' effective learning rate by
+    about M/K. With K = 1 the gate is the raw probability (as Switch routing), else
+    it would be a constant 1 and the router would get no gradient."""
     top_k: int
 
     @nn.compact
@@ -104,7 +107,10 @@ class Router(nn.Module):
         probs = jax.nn.softmax(jnp.dot(jax.nn.gelu(h_last, approximate=False), kernel), axis=-1)
         _, chosen = jax.lax.top_k(probs, self.top_k)
         selected = jnp.sum(jax.nn.one_hot(chosen, probs.shape[-1], dtype=probs.dtype), axis=-2)
-        return {"gates": probs * selected, "probs": probs, "selected": selected}
+        gates = probs * selected
+        if self.top_k > 1:
+            gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
+        return {"gates": gates, "probs": probs, "selected": selected}
 
 
 def last_token_index(attention_mask):

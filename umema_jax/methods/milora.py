@@ -3,9 +3,10 @@
 Every linear module of a block carries a LoRA module, and each is an expert
 (4 per GPT-2 block, 7 per LLaMA block). Before each block a router reads the
 block's input at the prompt's last real token and picks the top-K experts for
-that example: `y = W x + 1[m ∈ TopK] R_m (α/r) B_m A_m x` with
-`R = softmax(GELU(h_last) W_r)`, not renormalised over the K (so the router
-keeps a gradient) [U]. The decision is made once per prompt, for every token.
+that example: `y = W x + 1[m ∈ TopK] G_m (α/r) B_m A_m x` with
+`P = softmax(GELU(h_last) W_r)` and the gates G = P renormalised over the K chosen
+experts (K = 1: G = P) [U: the official code is not public; MixLoRA and MoLA
+renormalise this way]. The decision is made once per prompt, for every token.
 All of it lives in the backbone (`layers.Router`, the `gate` argument of
 `layers.Dense`): the method only turns it on, adds the optional Switch
 load-balancing loss `λ · M · Σ_m f_m P_m` (averaged over blocks) and logs how
