@@ -2,31 +2,36 @@
 
 Embeddings, final norm and head always train; every `interval_steps` (K)
 steps `gamma` (γ) blocks are drawn uniformly without replacement from all
-blocks and train with their full weights until the next draw. Like LMFlow's
-trainer, the body's AdamW state (moments and count) restarts at each draw
-while the embedding/head state and the LR schedule continue.
+blocks and train with their full weights until the next draw. As in LMFlow's
+trainer (one optimizer for the whole run; a draw only switches which blocks
+get gradients), every block keeps its own AdamW moments and step count while
+it is frozen and resumes them when drawn again, frozen blocks are not decayed,
+and the LR schedule runs over the global step.
 
 Two forms of BASELINES §3 with the same numerics (`methods.lisa.form`):
 
 - `simple`: all blocks are in the trainable tree (scanned, `[L, …]`); the
   active set is `extra['layer_mask'] [L]`, traced data, so a new draw never
   recompiles. Inactive blocks get zero gradient (so the global-norm clip sees
-  only active ones) and their parameters are *selected* back (`where`), not
-  multiplied by a mask: AdamW's decoupled decay moves zero-gradient weights and
-  `optax.masked` passes masked updates through, so only a select keeps them
-  bitwise frozen. Gradients, AdamW moments and the update cover all L blocks.
+  only active ones) and their parameters *and* AdamW state (moments, per-block
+  count) are *selected* back (`where`), not multiplied by a mask: AdamW's
+  decoupled decay moves zero-gradient weights and Adam decays their moments, so
+  only a select keeps them bitwise frozen. Gradients and the update cover all L.
 - `efficient` (default): the trainable tree holds the γ active blocks as
   *slots* (`trainable['layer_slots']`, `[γ, …]`); all L blocks live in
-  `extra['body']` (checkpointed, never differentiated) and `extra['slot_of'] [L]`
-  says which layer runs from which slot (`backbones/decoder.py`: a `lax.cond`
-  per layer, so the frozen layers compute no weight gradient). At each draw the
-  slots are written back into the body and the new active blocks gathered, in
-  one jitted function. Gradients and moments cover γ blocks, not L.
+  `extra['body']` and their AdamW state in `extra['body_adam']` (checkpointed,
+  never differentiated), and `extra['slot_of'] [L]` says which layer runs from
+  which slot (`backbones/decoder.py`: a `lax.cond` per layer, so the frozen
+  layers compute no weight gradient). At each draw the slots and their AdamW
+  state are written back and the new active blocks' gathered, in one jitted
+  function. Gradients and the update cover γ blocks, not L.
 
 The draw of period p uses `fold_in(extra['sampler_key'], p)`, a function of
 the checkpointed state and the step, so resume repeats it exactly.
 """
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +74,61 @@ def _concrete(tree):
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x, tree)
 
 
-def reset_adam(tree):
-    """Every `ScaleByAdamState` in `tree` back to its init (zero moments, zero count); other states kept."""
-    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
-    return jax.tree.map(lambda s: jax.tree.map(jnp.zeros_like, s) if is_adam(s) else s, tree, is_leaf=is_adam)
+class BlockAdamState(NamedTuple):
+    """Adam over stacked blocks with one step count per block (`count` leaves `[n, 1, …]`, int32)."""
+    count: Any
+    mu: Any
+    nu: Any
+
+
+def _block_count(x):
+    return jnp.zeros((x.shape[0],) + (1,) * (x.ndim - 1), jnp.int32)
+
+
+def scale_by_block_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """`optax.scale_by_adam` whose bias correction counts each block's own steps (leading axis = block), so
+    a block trained again after a pause resumes where it stopped (equal counts: `scale_by_adam` exactly)."""
+
+    def init(params):
+        return BlockAdamState(count=jax.tree.map(_block_count, params), mu=jax.tree.map(jnp.zeros_like, params),
+                              nu=jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = jax.tree.map(optax.safe_increment, state.count)
+
+        def adam(m, v, c):
+            return (m / (1 - b1 ** c).astype(m.dtype)) / (jnp.sqrt(v / (1 - b2 ** c).astype(v.dtype)) + eps)
+        return jax.tree.map(adam, mu, nu, count), BlockAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def block_adamw(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """`train.state.adamw` (same decay mask, same chain) with per-block counts."""
+    from umema_jax.train.state import decays
+    o = optim_cfg
+    return optax.chain(scale_by_block_adam(o.b1, o.b2, o.eps),
+                       optax.add_decayed_weights(o.weight_decay, lambda t: jax.tree_util.tree_map_with_path(decays, t)),
+                       optax.scale_by_learning_rate(schedule))
+
+
+def _is_block_adam(x) -> bool:
+    return isinstance(x, BlockAdamState)
+
+
+def block_adam_state(opt_state) -> BlockAdamState:
+    """The body group's `BlockAdamState` inside LISA's optimizer state."""
+    _, groups = opt_state
+    return next(x for x in jax.tree.leaves(groups.inner_states["body"], is_leaf=_is_block_adam) if _is_block_adam(x))
+
+
+def with_block_adam_state(opt_state, new: BlockAdamState):
+    clip_state, groups = opt_state
+    body = jax.tree.map(lambda x: new if _is_block_adam(x) else x, groups.inner_states["body"], is_leaf=_is_block_adam)
+    return clip_state, groups._replace(inner_states=dict(groups.inner_states, body=body))
 
 
 @register
@@ -140,14 +196,17 @@ class LISA(Method):
         schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
         labels = lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: "body" if is_body(p) else "eh", tree)
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
-                         optax.multi_transform({"eh": adamw(o, schedule), "body": adamw(o, schedule)}, labels))
+                         optax.multi_transform({"eh": adamw(o, schedule), "body": block_adamw(o, schedule)}, labels))
         return tx, schedule
 
     def init_extra(self, trainable):
         extra = {"layer_mask": self._first_draw(), "sampler_key": self._sampler_key()}
         if self.efficient:
             extra["slot_of"] = slot_indices(extra["layer_mask"], int(self.hp.gamma))[1]
-            extra["body"] = _concrete(self._body)
+            extra["body"] = body = _concrete(self._body)
+            # every block's AdamW state between its turns (the slots' live in the optimizer state)
+            extra["body_adam"] = {"count": jax.tree.map(_block_count, body), "mu": jax.tree.map(jnp.zeros_like, body),
+                                  "nu": jax.tree.map(jnp.zeros_like, body)}
         return extra
 
     def model_variables(self, frozen, trainable, memory, extra):
@@ -172,23 +231,32 @@ class LISA(Method):
         if self.efficient:
             return trainable, opt_state, extra
         mask = state.extra["layer_mask"]
+        select = lambda new, old: _layer_select(mask, new, old)                     # noqa: E731
         trainable = jax.tree_util.tree_map_with_path(
-            lambda p, new, old: _layer_select(mask, new, old) if is_body(p) else new, trainable, state.trainable)
-        return trainable, opt_state, extra
+            lambda p, new, old: select(new, old) if is_body(p) else new, trainable, state.trainable)
+        # frozen blocks keep their moments and count too (Adam would decay the moments of a zero gradient)
+        kept = jax.tree.map(select, block_adam_state(opt_state), block_adam_state(state.opt_state))
+        return trainable, with_block_adam_state(opt_state, kept), extra
 
     def resample(self, state, period):
-        """New draw for `period` and a fresh body AdamW state (jitted once by the controller)."""
-        clip_state, groups = state.opt_state
-        inner = dict(groups.inner_states, body=reset_adam(groups.inner_states["body"]))
+        """New draw for `period` (jitted once by the controller). Efficient form: the slots and their AdamW
+        state go back to their blocks, the new active blocks and theirs come in; nothing is reset."""
         gamma = int(self.hp.gamma)
         mask = sample_layers(state.extra["sampler_key"], period, state.extra["layer_mask"].shape[0], gamma)
-        extra, trainable = dict(state.extra, layer_mask=mask), state.trainable
-        if self.efficient:                 # write the slots back into the body, gather the new active blocks
+        extra, trainable, opt_state = dict(state.extra, layer_mask=mask), state.trainable, state.opt_state
+        if self.efficient:
+            old, _ = slot_indices(state.extra["layer_mask"], gamma)
             new, extra["slot_of"] = slot_indices(mask, gamma)
             extra["body"] = body = self._written_back(state)
             trainable = {**trainable, SLOTS: jax.tree.map(lambda b: b[new], body)}
-        return state.replace(trainable=trainable, opt_state=(clip_state, groups._replace(inner_states=inner)),
-                             extra=extra)
+            live = block_adam_state(opt_state)
+            store = {k: jax.tree.map(lambda b, x: b.at[old].set(x), state.extra["body_adam"][k], getattr(live, k)[SLOTS])
+                     for k in ("count", "mu", "nu")}
+            extra["body_adam"] = store
+            gathered = {k: {**getattr(live, k), SLOTS: jax.tree.map(lambda b: b[new], store[k])}
+                        for k in ("count", "mu", "nu")}
+            opt_state = with_block_adam_state(opt_state, BlockAdamState(**gathered))
+        return state.replace(trainable=trainable, opt_state=opt_state, extra=extra)
 
     def _written_back(self, state):
         """Efficient form: `extra['body']` with the current slots written into their layers."""
