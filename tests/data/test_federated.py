@@ -57,3 +57,23 @@ def test_an_epoch_visits_every_example_once_each_from_its_own_client(schedule):
     for step in (0, cb.steps_per_epoch - 1):
         for key, value in cb.batch_at(1, step).items():
             np.testing.assert_array_equal(value, again.batch_at(1, step)[key])
+
+
+def test_blocked_local_epochs_give_each_client_several_fresh_passes_in_its_turn():
+    enc = _encoded()
+    one = ClientBatches(enc, 8, seed=1, clients=3, schedule="blocked", pad_multiple=16)
+    cb = ClientBatches(enc, 8, seed=1, clients=3, schedule="blocked", pad_multiple=16, local_epochs=3)
+    assert cb.steps_per_epoch == 3 * one.steps_per_epoch and list(cb.starts) == [3 * s for s in one.starts]
+    for round_ in (0, 1):
+        seen = {k: [] for k in range(3)}
+        for step in range(cb.steps_per_epoch):
+            k = cb.client_at(step)
+            seen[k].append([e for _, e in _examples(cb.batch_at(round_, step))])
+        for k, batches in seen.items():
+            per_pass = len(batches) // 3
+            passes = [sum(batches[i * per_pass:(i + 1) * per_pass], []) for i in range(3)]
+            for p in passes:                                   # every pass: the client's whole shard, once
+                assert sorted(p) == sorted(int(i) for i in cb.shards[k])
+            assert passes[0] != passes[1] != passes[2]          # reshuffled between passes
+    with pytest.raises(ValueError, match="only with the blocked schedule"):
+        ClientBatches(enc, 8, seed=1, clients=3, schedule="parallel", local_epochs=2)

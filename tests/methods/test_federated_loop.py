@@ -20,7 +20,8 @@ def _records(workdir):
 
 @pytest.mark.parametrize("method, overrides, cut_after", [
     ("splitlora", {}, 4),                                   # parallel, 3 clients: 6 steps per epoch
-    ("flora", {"clients": 3}, 4),                           # 3 steps per client: step 4 is inside client 1
+    # 3 clients x 2 local passes of 3 steps: client 0 has steps 0-5, step 7 is inside client 1's first pass
+    ("flora", {"clients": 3, "local_epochs": 2}, 7),
 ])
 def test_trains_and_resumes_mid_round_to_identical_results(tmp_path, method, overrides, cut_after):
     config = get_config()
@@ -31,7 +32,7 @@ def test_trains_and_resumes_mid_round_to_identical_results(tmp_path, method, ove
     config.data.pad_to_multiple = 64                         # one batch shape: one compile per step function
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     full = train_and_evaluate(config, str(full_dir), build_experiment(config), make_mesh())
-    assert full.steps == 12 if method == "splitlora" else full.steps == 18
+    assert full.steps == 12 if method == "splitlora" else full.steps == 36
     killed_after(full_dir, cut_after, part_dir)
     resumed = train_and_evaluate(config, str(part_dir), build_experiment(config), make_mesh())
     assert resumed.test == full.test and resumed.dev == full.dev

@@ -67,17 +67,20 @@ class ClientBatches:
     """`TrainBatches`' interface (`steps_per_epoch`, `epoch_batches`, `batch_at`, `iterate`) for N clients."""
 
     def __init__(self, encoded: EncodedDataset, batch_size: int, seed: int, clients: int, schedule: str, *,
-                 pad_multiple: int = 16):
+                 pad_multiple: int = 16, local_epochs: int = 1):
         if schedule not in SCHEDULES:
             raise ValueError(f"client schedule {schedule!r}: must be one of {', '.join(SCHEDULES)}")
+        if int(local_epochs) < 1 or (int(local_epochs) > 1 and schedule != "blocked"):
+            raise ValueError(f"local_epochs={local_epochs}: must be >= 1, and > 1 only with the blocked schedule")
         self.encoded, self.clients, self.schedule = encoded, int(clients), schedule
+        self.local_epochs = int(local_epochs)   # blocked: passes over its shard a client makes in its turn
         self.shards = partition(len(encoded), self.clients, seed)
         self.rows = client_rows(batch_size, self.clients, schedule)
         self.local = [TrainBatches(encoded.subset(s), self.rows, _client_seed(seed, k), pad_multiple=pad_multiple)
                       for k, s in enumerate(self.shards)]
         self.pad_multiple = pad_multiple
-        per_client = [t.steps_per_epoch for t in self.local]
-        # blocked: client k trains on steps [starts[k], starts[k+1]) of every epoch
+        per_client = [t.steps_per_epoch * self.local_epochs for t in self.local]
+        # blocked: client k trains on steps [starts[k], starts[k+1]) of every epoch (local_epochs passes)
         self.starts = np.concatenate([[0], np.cumsum(per_client)]).astype(int)
         # interleaved: step t of every epoch is batch plan[t][1] of client plan[t][0]
         self.plan = [(k, j) for j in range(max(per_client)) for k in range(self.clients) if j < per_client[k]]
@@ -101,7 +104,8 @@ class ClientBatches:
     def _client_indices(self, epoch: int, step: int) -> list:
         """[(client, its shard-local example indices or None for padding)] of one step."""
         def local(k, j):
-            order = self.local[k].epoch_order(epoch)
+            passes, j = divmod(j, self.local[k].steps_per_epoch) if self.local_epochs > 1 else (0, j)
+            order = self.local[k].epoch_order(epoch * self.local_epochs + passes)
             return order[j] if j < len(order) else None
         if self.schedule == "parallel":
             return [(k, local(k, step)) for k in range(self.clients)]

@@ -88,7 +88,9 @@ def run_time_s(spec: S.RunSpec, setup, overhead_s: float) -> float:
     if str(g("model.method")) == "lisa" and str(g("methods.lisa.form", "efficient")) == "efficient":
         full = False
     m = machine()
-    steps = epochs * math.ceil(n / batch)
+    # FLoRA's clients make `local_epochs` passes over their shards in each round (= loop epoch)
+    passes = int(g("methods.flora.local_epochs", 3)) if str(g("model.method")) == "flora" else 1
+    steps = epochs * passes * math.ceil(n / batch)
     t_train = steps * flops(name, batch * seq, seq, True, full) / m["train"]
     dev_n = int(g("data.dev_size", 0)) or (setup.dev_n if setup else 500)
     test_n = int(g("data.test_size", 0)) or (setup.test_n if setup else 1000)

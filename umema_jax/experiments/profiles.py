@@ -55,6 +55,19 @@ BASELINES = (
 )
 ABLATION = (LORA, UM, EMA, OURS)
 COMPARISON = BASELINES + (LORA, OURS)
+# The sampled and federated baselines, whose budget is the easiest to get wrong: each gets one row at twice the
+# profile's epochs (seed 0, table 3's method profile), so a reader sees whether a gap is the method or its budget.
+BUDGET_CHECKED = ("LISA", "FLoRA", "SplitLoRA")
+
+
+def budget_rows(profile) -> tuple:
+    """The BUDGET_CHECKED methods at twice the epochs (rounds, for FLoRA) they run in `profile`."""
+    def epochs(m):
+        over = dict(profile.common + profile.method_overrides.get(m.candidates[0], ()) + m.overrides)
+        return int(over.get("train.epochs", 1))
+    return tuple(dataclasses.replace(m, label=f"{m.label}, 2x epochs (budget check)",
+                                     overrides=m.overrides + (("train.epochs", 2 * epochs(m)),))
+                 for m in BASELINES if m.label in BUDGET_CHECKED)
 
 
 def implemented_methods() -> frozenset:
@@ -199,13 +212,19 @@ def _cpu() -> Profile:
                     "temperature, cosine retrieval over written slots, temperature on M_U's direction)",
                     "fig4 / fig5 at train size 200 and seed 0 only (compute); fig6 at seed 0",
                     "ALoRA scores ranks to first order in the gates (methods.alora.scoring=taylor: two backward "
-                    "passes a round) instead of by ablation (960 forward passes a round on SmolLM2)"),
+                    "passes a round) instead of by ablation (960 forward passes a round on SmolLM2)",
+                    "FLoRA: 4 rounds of 3 local epochs (the official local_num_epochs), 12 passes over the data "
+                    "against LoRA's 10 epochs; LISA, FLoRA and SplitLoRA each get one seed at twice their "
+                    "epochs (rounds) in table 3's method profile, to show whether a gap is the budget"),
         selection_size=1000,
         bench=("--seq_len=64", "--batch=16", "--rounds=6", "--steps_per_round=2", "--num_labels=19"),
         run_overhead_s=60.0,
         # Ablation scoring is 2 x 480 forward passes of B_val per round on SmolLM2 (8 rounds: ~5x the
         # training's compute); the first-order estimate is 2 backward passes (gap: tests/methods/test_alora.py).
-        method_overrides={"alora": (("methods.alora.scoring", "taylor"),)},
+        method_overrides={"alora": (("methods.alora.scoring", "taylor"),),
+                          # FLoRA's official 3 local epochs per round; 4 rounds = 12 passes over the data
+                          # (LoRA: 10 epochs), each round evaluated like an epoch
+                          "flora": (("methods.flora.local_epochs", 3), ("train.epochs", 4))},
     )
 
 

@@ -417,9 +417,10 @@ METHOD_PROFILE_METRICS = (("Acc", "test.{primary}"), ("ECE", "test.ece"), ("NLL"
                           ("trainable params", "params.trainable"), ("s / epoch", "mean_train_time_per_epoch_s"))
 
 
-def method_profile_cells(ctx, methods) -> list:
-    """Each method on SemEval at the selection size, every seed, one cell per METHOD_PROFILE_METRICS column;
-    the row says the LR it ran at (adapter methods share LoRA's, full-weight methods have their own)."""
+def method_profile_cells(ctx, methods, seeds=None) -> list:
+    """Each method on SemEval at the selection size, every seed (or `seeds`), one cell per
+    METHOD_PROFILE_METRICS column; the row says the LR it ran at (adapter methods share LoRA's, full-weight
+    methods have their own)."""
     if "semeval" not in ctx.profile.datasets:
         return []
     cells = []
@@ -429,7 +430,7 @@ def method_profile_cells(ctx, methods) -> list:
             for label, path in METHOD_PROFILE_METRICS:
                 cells.append(train_cell(ctx, {"part": "method profile", "backbone": b.label, "method": m.label,
                                               "lr": "–" if lr is None else f"{lr:g}", "metric": label},
-                                        b, "semeval", m, ctx.profile.selection_size, metric=path))
+                                        b, "semeval", m, ctx.profile.selection_size, seeds=seeds, metric=path))
     return cells
 
 
@@ -437,8 +438,10 @@ def table3_cells(ctx):
     """Table 3: classification (20News, SemEval; accuracy, mean ± std) of the baselines (SplitLoRA, LISA,
     MiLoRA, FLoRA, ALoRA, full FT), LoRA and Ours at every train size. LoRA and Ours are table5's runs.
     A second table puts each method's test ECE and NLL (raw and after post-hoc temperature scaling),
-    trainable parameters and training time per epoch beside its accuracy, on SemEval at the selection size."""
-    return grid_cells(ctx, P.COMPARISON, CLS) + method_profile_cells(ctx, P.COMPARISON)
+    trainable parameters and training time per epoch beside its accuracy, on SemEval at the selection size,
+    with one seed of LISA, FLoRA and SplitLoRA at twice the epochs (budget check)."""
+    return grid_cells(ctx, P.COMPARISON, CLS) + method_profile_cells(ctx, P.COMPARISON) + \
+        method_profile_cells(ctx, P.budget_rows(ctx.profile), seeds=(0,))
 
 
 def _method_profile_table(results) -> list:

@@ -2,13 +2,14 @@
 
 N IID clients (an equal seeded partition). In round r every client, one after the other, starts
 from the global weights (the merged backbone and the global head) with fresh LoRA factors (A as
-PEFT initialises it, B = 0) and a fresh AdamW with its own local schedule, and trains one local
-epoch on its shard. The server then stacks the clients' factors, A = [p_1 A_1 | … | p_N A_N] and
+PEFT initialises it, B = 0) and a fresh AdamW with its own local schedule, and trains
+`local_epochs` passes over its shard (3, the official `local_num_epochs`; a fresh HF Trainer per
+client and round there, linear decay within it). The server then stacks the clients' factors, A = [p_1 A_1 | … | p_N A_N] and
 B = [B_1; …; B_N] with p_k = n_k / n, so that s·A B = s Σ_k p_k A_k B_k exactly (FedAvg of the
 factors, s (Σ p_k A_k)(Σ p_k B_k), is not that), merges it into an fp32 master copy of the targeted
 kernels, FedAvgs the head with p_k, and the next round starts fresh factors. One loop epoch is one
-round, so R rounds x 1 local epoch visit every example as often as centralised training does, and
-the per-epoch evaluation (early stopping) scores the merged model.
+round (`train.epochs` = rounds), so R rounds x E local epochs visit every example R·E times, and the
+per-epoch evaluation (early stopping) scores the merged model.
 
 Heterogeneous ranks (`methods.flora.ranks`, e.g. '64,32,16,16,8,8,4,4,4,4', the official list):
 the factors are built at the largest rank and client k trains only its first r_k columns (a rank
@@ -65,12 +66,14 @@ def _lora_leaves_pair(new, old, mask):
 class FLoRA(Method):
     name = "flora"
     defaults = {"clients": 10,      # N IID clients, all selected every round
+                "local_epochs": 3,  # passes over its shard a client makes per round (official `local_num_epochs`)
                 "ranks": ""}        # '' = model.lora.rank for all; or one rank per client, comma-separated
 
     @classmethod
     def validate(cls, hp) -> None:
-        if int(hp.clients) < 1:
-            raise ValueError(f"methods.flora.clients={hp.clients}: must be >= 1")
+        for key in ("clients", "local_epochs"):
+            if int(hp[key]) < 1:
+                raise ValueError(f"methods.flora.{key}={hp[key]}: must be >= 1")
         try:
             parse_ranks(hp.ranks, int(hp.clients), 1)
         except ValueError as err:
@@ -104,7 +107,8 @@ class FLoRA(Method):
 
     def train_batches(self, encoded, batch_size, seed, pad_multiple):
         from umema_jax.data.federated import ClientBatches
-        self.batches = ClientBatches(encoded, batch_size, seed, self.clients, "blocked", pad_multiple=pad_multiple)
+        self.batches = ClientBatches(encoded, batch_size, seed, self.clients, "blocked", pad_multiple=pad_multiple,
+                                     local_epochs=int(self.hp.local_epochs))
         sizes = np.asarray(self.batches.shard_sizes, np.float64)
         self.weights = (sizes / sizes.sum()).astype(np.float32)       # p_k
         return self.batches
