@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_size = 1000             # paper: 200 / 500 / 1000, sampled with the seed
     c.data.dev_size = 0                  # 0 = full dev set; >0 = seeded subsample (faster early stopping)
     c.data.test_size = 0                 # 0 = full test set (always for reported numbers)
+    c.data.missing_rate = 0.0            # fig 5: words deleted from train and test (dev clean), per run seed
     c.data.max_len = 128                 # paper: 512 — CPU runs use less; truncations are counted and reported
     c.data.pad_to_multiple = 32          # batches are padded to the next multiple (few shapes, few compiles)
 

@@ -32,7 +32,10 @@ def tokenizer_name(model_name: str) -> str:
 
 
 def load_splits(config):
-    """DatasetSplits with the seeded few-shot train subset and the (optional) dev subsample applied."""
+    """DatasetSplits with the seeded few-shot train subset, the (optional) dev subsample and the (optional)
+    missing-data corruption of train and test applied (`data.missing_rate`: each eligible word deleted
+    with that probability, per run seed; SemEval's entity words protected, NER tags deleted with their
+    words; dev stays clean, so early stopping and post-hoc calibration see clean data)."""
     from umema_jax.data import load_dataset_splits
     from umema_jax.data.fewshot import fewshot_subset
     d = config.data
@@ -46,6 +49,10 @@ def load_splits(config):
         splits.dev = fewshot_subset(splits.dev, d.dev_size, DEV_SUBSAMPLE_SEED)
     if d.test_size:
         splits.test = fewshot_subset(splits.test, d.test_size, DEV_SUBSAMPLE_SEED)
+    if float(d.missing_rate):
+        from umema_jax.data.corrupt import corrupt_examples
+        splits.train = corrupt_examples(splits.train, float(d.missing_rate), config.seed, split="train")
+        splits.test = corrupt_examples(splits.test, float(d.missing_rate), config.seed, split="test")
     splits.notes = dict(splits.notes or {}, full_train_size=full_train)
     return splits
 

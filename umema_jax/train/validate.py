@@ -56,6 +56,8 @@ def validate_config(c) -> None:
            f"data.data_dir={d.data_dir!r}: no such directory (set $UMEMA_DATA_DIR or --config.data.data_dir)")
     _check(int(d.train_size) > 0, f"data.train_size={d.train_size}: must be > 0 (paper: 200, 500, 1000)")
     _check(int(d.dev_size) >= 0, f"data.dev_size={d.dev_size}: must be >= 0 (0 = full dev set)")
+    _check(0.0 <= float(d.missing_rate) < 1.0,
+           f"data.missing_rate={d.missing_rate}: must be in [0, 1) (fraction of words deleted from train and test)")
     _check(int(d.test_size) >= 0, f"data.test_size={d.test_size}: must be >= 0 (0 = full test set)")
     _check(int(d.max_len) >= 8, f"data.max_len={d.max_len}: must be >= 8")
     _check(int(d.pad_to_multiple) >= 1, f"data.pad_to_multiple={d.pad_to_multiple}: must be >= 1")
