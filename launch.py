@@ -154,6 +154,7 @@ def run_config(config, workdir: str) -> dict:
     make_workdir(workdir)
     resolved = resolved_config(config.to_dict())
     check_resumable(workdir, resolved)
+    commit = outputs.git_commit()          # the code this process trains with (not what HEAD is at the end)
 
     t0 = time.perf_counter()
     try:
@@ -178,7 +179,7 @@ def run_config(config, workdir: str) -> dict:
         raise RunFailed(EXIT_BAD_INPUT, str(err)) from None
     except Interrupted as err:
         raise RunFailed(EXIT_INTERRUPTED, str(err)) from None
-    results = outputs.write_all(workdir, config, exp, run, time.perf_counter() - t0, mesh)
+    results = outputs.write_all(workdir, config, exp, run, time.perf_counter() - t0, mesh, commit=commit)
     primary = results["primary_metric"]
     print(f"test {primary} {100 * results['test'][primary]:.2f}  ECE {100 * results['test']['ece']:.2f}  "
           f"(dev {primary} {100 * results['dev'][primary]:.2f}; best step {run.best_step}) -> "

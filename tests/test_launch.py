@@ -224,3 +224,17 @@ def test_nonfinite_stop_keeps_the_checkpoint_it_names_and_that_checkpoint_knows_
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("launch.py: error:"), err[-3000:]
     assert f"latest/{saved[-1]} was trained under a different config (seed)" in lines[0]
     assert not (workdir / "config.json").exists() and not (workdir / "results.json").exists()
+
+
+def test_results_record_the_commit_training_started_from_not_the_head_at_the_end(tmp_path, monkeypatch):
+    """A run lasts hours; commits land meanwhile. Its results name the code it trained with."""
+    sys.path.insert(0, REPO)
+    import launch as launch_module
+    from configs.smoke import get_config
+    from umema_jax.train import outputs
+    heads = iter(["a" * 40, "b" * 40 + "-dirty"])
+    monkeypatch.setattr(outputs, "git_commit", lambda: next(heads, "b" * 40 + "-dirty"))
+    config = get_config()
+    config.train.epochs, config.output.progress_bar, config.output.tensorboard = 1, False, False
+    results = launch_module.run_config(config, str(tmp_path / "run"))
+    assert results["git_commit"] == "a" * 40

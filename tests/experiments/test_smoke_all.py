@@ -49,6 +49,14 @@ def test_all_targets_of_the_smoke_profile(tmp_path):
             assert name == "fig7" or cell["text"] in md, (name, cell["text"])
     for name in ("fig4", "fig5", "fig6", "fig7"):
         assert os.path.getsize(os.path.join(out, f"{name}.png")) > 0
+    # fig6's curves come from the runs' per-example records; the bins' mean confidence lies in [0, 1]
+    curves = json.load(open(os.path.join(out, "fig6.json")))["curves"]
+    assert curves and all(0 <= x <= 1 for c in curves.values() for x in c["confidence"] + c["accuracy"])
+    # every claim states its effect and interval, or why it has none
+    for name in ORDER:
+        for c in json.load(open(os.path.join(out, f"{name}.json")))["claims"]:
+            for comp in c["comparisons"]:
+                assert comp.get("detail"), (name, c["id"])
 
     # LR: chosen on the LoRA baseline's dev score (ties to the lower LR), then used by the tables
     sel = json.load(open(os.path.join(out, LR_FILE)))["gpt2-tiny"]["adapter"]

@@ -776,13 +776,13 @@ def fig5_render(ctx, results):
 
 
 def fig6_cells(ctx):
-    """Figure 6: reliability diagrams — panels {20News, WNUT17} × backbone, LoRA vs +UM vs Ours at the largest
-    size, seed 0, from the runs' predictions.jsonl (test); each curve's legend carries the run's ECE from
-    results.json. No new runs (table5/table6's)."""
+    """Figure 6: reliability diagrams — panels {20News, WNUT17} × backbone (and SemEval, the comparison's
+    dataset, as an extra panel), LoRA vs +UM vs Ours at the largest size, seed 0, drawn from the runs'
+    per-example records (test); each curve's legend carries the run's ECE. No new runs (table5/table6's)."""
     n = ctx.profile.sizes[-1]
     cells = []
     for b in ctx.profile.backbones:
-        for d in ("20news", "wnut17"):
+        for d in ("20news", "wnut17", "semeval"):
             for m in (P.LORA, P.UM, P.OURS):
                 cells.append(train_cell(ctx, {"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label},
                                         b, d, m, n, seeds=ctx.profile.seeds[:1], metric="test.ece"))
@@ -790,19 +790,10 @@ def fig6_cells(ctx):
 
 
 def _confidences(path: str):
-    """(confidence, correct) pairs over every scored prediction of predictions.jsonl (cls and NER)."""
-    conf, correct = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            if isinstance(rec.get("confidence"), list):
-                k = len(rec["confidence"])
-                conf += rec["confidence"]
-                correct += [p == g for p, g in zip(rec["pred"][:k], rec["gold"][:k])]
-            else:
-                conf.append(rec["confidence"])
-                correct.append(rec["pred"] == rec["gold"])
-    return conf, correct
+    """(confidence, correct) over every scored test target (examples; NER: scored words) of a run's
+    per-example record."""
+    test = A._load_record(path)["test"]
+    return test.probs.max(-1), test.probs.argmax(-1) == test.labels
 
 
 def fig6_render(ctx, results):
@@ -822,9 +813,8 @@ def fig6_render(ctx, results):
     for ax, (d, b) in zip(axes, panels):
         ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
         for r in by(results, dataset=d, backbone=b):
-            spec = r.cell.specs[0] if r.cell.specs else None
-            path = os.path.join(S.workdir(ctx.root, spec), "predictions.jsonl") if spec else ""
-            if not spec or r.mean is None or not os.path.isfile(path):
+            path = r.records.get(r.cell.specs[0].get("seed", 0)) if r.cell.specs else None
+            if path is None or r.mean is None:
                 continue
             conf, correct = map(np.asarray, _confidences(path))
             idx = np.minimum((conf * bins).astype(int), bins - 1)
@@ -855,6 +845,8 @@ def fig6_render(ctx, results):
                       P.LORA.label, higher=False)
     gaps = {}
     for r in by(results, method=P.UM.label):
+        if r.cell.labels["dataset"] not in ("20News", "WNUT17"):       # the paper's two panels
+            continue
         lora = one(results, method=P.LORA.label, dataset=r.cell.labels["dataset"], backbone=r.cell.labels["backbone"])
         if lora is not None and lora.mean is not None and r.mean is not None:
             gaps.setdefault(r.cell.labels["backbone"], {})[r.cell.labels["dataset"]] = lora.mean - r.mean

@@ -210,7 +210,7 @@ def lora_record(cfg, arch: str | None) -> dict | None:
             "dropout": float(cfg.dropout), "target_regex": cfg.regex(arch) if arch else cfg.target_regex}
 
 
-def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
+def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh, commit: str | None = None) -> dict:
     """results.json, records.npz, predictions.jsonl, results.md and reliability.png; returns the results."""
     from umema_jax.metrics import reliability_diagram
     info = exp.info
@@ -230,7 +230,8 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh) -> dict:
         "train_time_per_epoch_s": run.epoch_times,     # complete epochs only; includes compilation in epoch 1
         "train_time_s": run.train_time_s,
         "mean_train_time_per_epoch_s": float(np.mean(run.epoch_times)) if run.epoch_times else None,
-        "wall_time_s": wall_time_s, "memory": peak_memory(), "git_commit": git_commit(),
+        "wall_time_s": wall_time_s, "memory": peak_memory(),
+        "git_commit": git_commit() if commit is None else commit,    # the caller's: taken when training began
         "devices": [str(d) for d in jax.devices()], "mesh": dict(mesh.shape),
         "jax_version": jax.__version__, "numerics": numerics_record(config),
     }
