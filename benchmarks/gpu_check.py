@@ -1,4 +1,4 @@
-"""The GPU path in one script (issue 14, item 9): < 8 minutes on one H100/H200-class GPU.
+"""The GPU path in one script : < 8 minutes on one H100/H200-class GPU.
 
     pip install -U "jax[cuda12]>=0.10.2,<0.11"        # after requirements.txt: the GPU build (README)
     python benchmarks/gpu_check.py --out=results/gpu   # on the GPU machine

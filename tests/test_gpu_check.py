@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py (the GPU path of issue 14) on CPU with tiny shapes: it runs and reports."""
+"""benchmarks/gpu_check.py (the GPU path) on CPU with tiny shapes: it runs and reports."""
 import json
 import os
 import subprocess

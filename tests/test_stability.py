@@ -1,4 +1,4 @@
-"""Stability of the full method (issue 15): the guards that stop the collapse, and a short real-model
+"""Stability of the full method: the guards that stop the collapse, and a short real-model
 training run on a learnable task where LoRA + UM + EMA must not fall below LoRA."""
 import dataclasses
 

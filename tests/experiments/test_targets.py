@@ -533,7 +533,7 @@ def test_compact_tables_leave_out_what_has_no_value():
 
 
 def test_a_run_trained_under_other_defaults_is_stale_never_aggregated_nor_resumed(tmp_path, monkeypatch):
-    """Runs are keyed by their overrides, so a changed default (issue 15: `model.um.temperature_input`)
+    """Runs are keyed by their overrides, so a changed default (`model.um.temperature_input`)
     would leave a finished run's numbers in a table they no longer describe: such a run is `stale`."""
     root = str(tmp_path / "runs")
     spec = S.make_spec("configs/smoke.py", {"model.method": "full", "seed": 0})

@@ -55,7 +55,7 @@ def test_only_the_selected_methods_section_decides_a_runs_identity():
 
 
 def test_branch_settings_decide_identity_only_for_methods_that_build_the_branch():
-    """A new UM default must not make a LoRA run unresumable (issue 15's `temperature_input`)."""
+    """A new UM default must not make a LoRA run unresumable (the UM `temperature_input`)."""
     a, b = base_config(), base_config()
     b.model.um.temperature_max = 7.0
     b.model.ema.slots = 8

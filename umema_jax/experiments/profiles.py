@@ -1,7 +1,7 @@
 """Profiles (smoke | cpu | paper) and the method registry, as data.
 
 A profile says which backbones, datasets, sizes, seeds and learning-rate grid
-the paper's protocol (`../shared/design/EXPERIMENTS.md` §1, §4) resolves to on a
+the paper's protocol (`docs/EXPERIMENTS.md`) resolves to on a
 given budget, plus the config overrides every run of the profile shares and
 the deviations from the paper a published table must state.
 
@@ -34,13 +34,13 @@ class Method:
 
 LORA = Method("LoRA", ("lora",))
 # The UM temperature reads the unit direction of M_U (docs/METHOD_IMPL.md deviation 13; the config default):
-# with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (issue 15).
+# with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (the stability study, docs/NOTES.md).
 # Spelled out so these runs are keyed apart from the raw-input runs made before the default changed.
 STABLE_UM = (("model.um.temperature_input", "unit"),)
 UM = Method("+UM", ("lora+um",), overrides=STABLE_UM)
 EMA = Method("+EMA", ("lora+ema",))
 OURS = Method("Ours (LoRA+UM+EMA)", ("full",), overrides=STABLE_UM)
-# Table 7's stability ablation row: T reads the raw M_U (METHOD §1.6; the default before issue 15's fix).
+# Table 7's stability ablation row: T reads the raw M_U (METHOD §1.6; the default before the stability fix).
 OURS_RAW_T = Method("Ours, T on raw M_U (extra)", ("full",), overrides=(("model.um.temperature_input", "raw"),))
 # ... and the next candidate against the seed-0 transient of the default form: the UM and EMA branches (fresh
 # dense layers) at a fifth of the adapters' learning rate (`optim.lr_scale`).

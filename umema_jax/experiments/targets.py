@@ -4,7 +4,7 @@ A target is a `Target(name, title, doc, cells, render)`: `cells(ctx)` lists the
 cells (each with one RunSpec per seed, or a status such as "not implemented"),
 the runner trains what they need, and `render(ctx, results)` writes
 `<out>/<name>.md` (+ `.png` for figures) and the JSON sidecar. The list of
-targets and what each holds follows `../shared/design/EXPERIMENTS.md` §2.
+targets and what each holds follows `docs/EXPERIMENTS.md`.
 """
 from __future__ import annotations
 
@@ -403,14 +403,14 @@ def _table(ctx, results, name, title, body_note, claims, doc, extra_body=(), all
     body = [body_note, ""] + A.pivot(results, ("backbone", "method"), ("dataset", "size"))
     absent = [DATASET_LABEL[d] for d in (CLS + NER) if d not in ctx.profile.datasets]
     body += ["", "mean ± std over seeds (test, %); `– (k/N runs)` = not computed yet, `not implemented` = the "
-             "method's issue has not landed."]
+             "method is not in the code yet."]
     if absent:
         body += [f"Datasets not in profile `{ctx.profile.name}`: {', '.join(absent)}."]
     body += list(extra_body)
     A.write(ctx.out, name, title, ctx, body, claims, results if all_cells is None else all_cells, doc=doc)
 
 
-# Table 3's second part (issue 12): every method at the LR-selection cell with its calibration and cost
+# Table 3's second part : every method at the LR-selection cell with its calibration and cost
 # beside its accuracy; (column, results.json path). Same runs as the first part: no extra training.
 METHOD_PROFILE_METRICS = (("Acc", "test.{primary}"), ("ECE", "test.ece"), ("NLL", "test.nll"),
                           ("ECE after TS", "test_posthoc_ts.ece"), ("NLL after TS", "test_posthoc_ts.nll"),
@@ -529,14 +529,14 @@ def table6_render(ctx, results):
 # --------------------------------------------------------------------------- table7
 
 CAL_METRICS = (("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"))
-# Table 7's rows: the paper's three, then the ablation's other two as extras (issue 15: every variant's
+# Table 7's rows: the paper's three, then the ablation's other two as extras (every variant's
 # raw calibration next to LoRA + post-hoc TS); (label, method, results.json section)
 CAL_ROWS = (("LoRA", P.LORA, "test"), ("LoRA + post-hoc TS", P.LORA, "test_posthoc_ts"), (P.OURS.label, P.OURS, "test"),
             ("+UM (extra)", P.UM, "test"), ("+EMA (extra)", P.EMA, "test"))
-# Stability ablation rows (issue 15), SemEval only: the method as it was before a fix became the default.
+# Stability ablation rows (the stability study), SemEval only: the method as it was before a fix became the default.
 STABILITY_ROWS = ((P.OURS_RAW_T.label, P.OURS_RAW_T, "test"), (P.OURS_SLOW_BRANCH.label, P.OURS_SLOW_BRANCH, "test"))
 STABILITY_DATASETS = ("semeval",)
-# Error detection (issue 15): AUROC of telling misclassified from correct test targets by each score
+# Error detection: AUROC of telling misclassified from correct test targets by each score
 AUROC_SCORES = (("max-prob", "auroc_error_maxprob"), ("ū", "auroc_error_u_bar"), ("u_ale", "auroc_error_u_ale"),
                 ("u_epi", "auroc_error_u_epi"))
 

@@ -126,7 +126,7 @@ def _notice(reason: str) -> None:
 @functools.cache
 def native_bf16_cpu() -> bool:
     """Whether this CPU has bf16 matmul units (AMX-BF16 or AVX512-BF16), from /proc/cpuinfo: the CPUs
-    where XLA:CPU misses the hardware (issue 16) and oneDNN reaches it. Read without building anything."""
+    where XLA:CPU misses the hardware (the bf16 study, benchmarks/README.md) and oneDNN reaches it. Read without building anything."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])

@@ -28,7 +28,7 @@ class EMAConfig:
     top_k: how many top slots to report. axis_name: mesh axis when the bank
     write runs under shard_map/pmap (None under jit+sharding, where XLA reduces).
     The stability settings (docs/METHOD_IMPL.md, "Stability"; each was an
-    ablation row, issue 15): retrieval 'cosine' (norm-invariant, sharpness fixed
+    ablation row of the stability study): retrieval 'cosine' (norm-invariant, sharpness fixed
     by retrieval_scale) or 'dot' (METHOD §2 as written); query_norm: parameter-
     free LayerNorm on c and M_U before the query projection, so neither term
     can dominate the query by growing its norm; mask_unwritten: never-written

@@ -35,7 +35,7 @@ def exported_scores(aux: dict | None) -> tuple:
 
 
 def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
-    """Error-detection AUROC of each exported uncertainty next to max-probability's (issue 15).
+    """Error-detection AUROC of each exported uncertainty next to max-probability's (the stability study, docs/NOTES.md).
 
     probs [N, C] and labels [N] over scored targets (rows, or NER's first
     sub-tokens flattened); aux: per-target arrays (same N) of `u_ale`, `u_epi`,

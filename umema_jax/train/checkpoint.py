@@ -74,7 +74,7 @@ def config_identity(config) -> dict:
 
 def _unused_branch_prefixes(method) -> tuple:
     """`model.um.` / `model.ema.` when `method` builds no UM / EMA branch: their settings cannot change its
-    results, so a new default there (issue 15's `temperature_input`) must not make a LoRA run unresumable."""
+    results, so a new default there (the UM `temperature_input`) must not make a LoRA run unresumable."""
     from umema_jax.methods import REGISTRY
     cls = REGISTRY.get(method)
     if cls is None:

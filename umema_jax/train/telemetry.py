@@ -1,4 +1,4 @@
-"""Training telemetry of the UM and EMA branches (issue 15): scalars per step, inside the jitted step.
+"""Training telemetry of the UM and EMA branches: scalars per step, inside the jitted step.
 
 A collapse of the method shows in these curves while it happens: the
 temperature drifting up with no spread across the batch (`temperature_std` → 0),
