@@ -27,7 +27,6 @@ and logged per round (`split: method`, `alora/rank/<module>/<layer>`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,17 +34,14 @@ import numpy as np
 import optax
 
 from umema_jax.methods.base import Controller, Method, register
-from umema_jax.train.state import path_keys
+from umema_jax.train.state import CountedAdamState, path_keys, scale_by_counted_adam
 
 INIT_TAG = 0xA10A          # separates the new-rank initialisation keys from the run's other keys
 
 
 # ------------------------------------------------------------------ Adam with a step count per rank slot
 
-class SlotAdamState(NamedTuple):
-    count: Any     # per leaf, int32: [..., 1, r] (lora_a), [..., r, 1] (lora_b), [] otherwise
-    mu: Any
-    nu: Any
+SlotAdamState = CountedAdamState     # count leaves: [..., 1, r] (lora_a), [..., r, 1] (lora_b), [] otherwise
 
 
 def _leaf_name(path) -> str:
@@ -64,23 +60,7 @@ def slot_count_shape(path, leaf) -> tuple:
 
 def scale_by_slot_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
     """`optax.scale_by_adam` with per-slot counts (equal counts: the same update)."""
-
-    def init(params):
-        count = jax.tree_util.tree_map_with_path(lambda p, x: jnp.zeros(slot_count_shape(p, x), jnp.int32), params)
-        return SlotAdamState(count=count, mu=jax.tree.map(jnp.zeros_like, params),
-                             nu=jax.tree.map(jnp.zeros_like, params))
-
-    def update(updates, state, params=None):
-        del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        count = jax.tree.map(optax.safe_increment, state.count)
-
-        def adam(m, v, c):
-            return (m / (1 - b1 ** c).astype(m.dtype)) / (jnp.sqrt(v / (1 - b2 ** c).astype(v.dtype)) + eps)
-        return jax.tree.map(adam, mu, nu, count), SlotAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init, update)
+    return scale_by_counted_adam(b1, b2, eps, slot_count_shape)
 
 
 # ------------------------------------------------------------------ gates: a tree, or one [N_mod, r_cap] matrix

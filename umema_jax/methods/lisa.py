@@ -31,15 +31,13 @@ the checkpointed state and the step, so resume repeats it exactly.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from umema_jax.methods.base import Controller, Method, register
 from umema_jax.methods.full_ft import ALL_BUT_LM_HEAD
-from umema_jax.train.state import BLOCK_SCOPES, is_block_leaf
+from umema_jax.train.state import BLOCK_SCOPES, CountedAdamState, is_block_leaf, scale_by_counted_adam
 
 FORMS = ("efficient", "simple")
 SLOTS = "layer_slots"             # trainable[SLOTS] = {'backbone': {scope: block tree [γ, …]}}
@@ -74,36 +72,21 @@ def _concrete(tree):
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x, tree)
 
 
-class BlockAdamState(NamedTuple):
-    """Adam over stacked blocks with one step count per block (`count` leaves `[n, 1, …]`, int32)."""
-    count: Any
-    mu: Any
-    nu: Any
+BlockAdamState = CountedAdamState    # count leaves [n, 1, …]: one per stacked block
 
 
 def _block_count(x):
-    return jnp.zeros((x.shape[0],) + (1,) * (x.ndim - 1), jnp.int32)
+    return jnp.zeros(_block_count_shape(None, x), jnp.int32)
+
+
+def _block_count_shape(path, x) -> tuple:
+    return (x.shape[0],) + (1,) * (x.ndim - 1)
 
 
 def scale_by_block_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
     """`optax.scale_by_adam` whose bias correction counts each block's own steps (leading axis = block), so
     a block trained again after a pause resumes where it stopped (equal counts: `scale_by_adam` exactly)."""
-
-    def init(params):
-        return BlockAdamState(count=jax.tree.map(_block_count, params), mu=jax.tree.map(jnp.zeros_like, params),
-                              nu=jax.tree.map(jnp.zeros_like, params))
-
-    def update(updates, state, params=None):
-        del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        count = jax.tree.map(optax.safe_increment, state.count)
-
-        def adam(m, v, c):
-            return (m / (1 - b1 ** c).astype(m.dtype)) / (jnp.sqrt(v / (1 - b2 ** c).astype(v.dtype)) + eps)
-        return jax.tree.map(adam, mu, nu, count), BlockAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init, update)
+    return scale_by_counted_adam(b1, b2, eps, _block_count_shape)
 
 
 def block_adamw(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -7,7 +7,7 @@ is ever allocated for it, and it is not written into checkpoints.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -118,6 +118,38 @@ def adamw(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
     decay_mask = lambda tree: jax.tree_util.tree_map_with_path(decays, tree)
     return optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                        weight_decay=optim_cfg.weight_decay, mask=decay_mask)
+
+
+class CountedAdamState(NamedTuple):
+    """Adam's state with a step count per slice of a leaf (`count` leaves broadcast against their parameter)."""
+    count: Any
+    mu: Any
+    nu: Any
+
+
+def scale_by_counted_adam(b1: float, b2: float, eps: float,
+                          count_shape: Callable[[Any, Any], tuple]) -> optax.GradientTransformation:
+    """`optax.scale_by_adam` whose bias correction counts each slice's own steps: `count_shape(path, leaf)`
+    gives a shape broadcastable against the leaf (() = one count, as optax). A method that pauses or
+    re-creates slices (LISA's blocks, ALoRA's rank slots) keeps or resets their counts in the state; with
+    equal counts the update is optax's exactly."""
+
+    def init(params):
+        count = jax.tree_util.tree_map_with_path(lambda p, x: jnp.zeros(count_shape(p, x), jnp.int32), params)
+        return CountedAdamState(count=count, mu=jax.tree.map(jnp.zeros_like, params),
+                                nu=jax.tree.map(jnp.zeros_like, params))
+
+    def update(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = jax.tree.map(optax.safe_increment, state.count)
+
+        def adam(m, v, c):
+            return (m / (1 - b1 ** c).astype(m.dtype)) / (jnp.sqrt(v / (1 - b2 ** c).astype(v.dtype)) + eps)
+        return jax.tree.map(adam, mu, nu, count), CountedAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
 
 
 def create_train_state(trainable: dict, memory: dict, tx: optax.GradientTransformation,
