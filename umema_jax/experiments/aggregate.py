@@ -185,8 +185,13 @@ def compare(a: CellResult, b: CellResult, higher_is_better: bool = True) -> dict
             boot.append({"seed": s, "diff": ci[0], "lo": ci[1], "hi": ci[2]})
     if boot:
         detail += "; boot " + ", ".join(f"s{x['seed']} [{_signed(x['lo'], m)}, {_signed(x['hi'], m)}]" for x in boot)
+    return dict(comparison(res, detail), bootstrap=boot)
+
+
+def comparison(res: "stats.PairedResult", detail: str) -> dict:
+    """A comparison as `combine` judges it: the paired effect, its interval and p (verdict still open)."""
     return {"verdict": CANNOT_TELL, "detail": detail, "effect": res.mean, "ci": [res.lo, res.hi], "p": res.p,
-            "n_seeds": res.n, "bootstrap": boot}
+            "n_seeds": res.n}
 
 
 def combine(comps: list, mode: str = "every") -> tuple[str, str]:
@@ -195,10 +200,9 @@ def combine(comps: list, mode: str = "every") -> tuple[str, str]:
     Holm's correction runs across the computed comparisons; each gets its own `verdict` and `p_holm`
     (`stats.RULE`). 'every': all must support; 'most': more than half must."""
     testable = [c for c in comps if c.get("p") is not None]
-    judged = stats.cell_verdicts([stats.PairedResult(c["n_seeds"], c["effect"], c["ci"][0], c["ci"][1], c["p"])
-                                  for c in testable], SUPPORTS, CONTRADICTS, CANNOT_TELL)
-    adjusted = stats.holm([c["p"] for c in testable])
-    for c, v, p in zip(testable, judged, adjusted):
+    judged = stats.cell_verdicts([c["effect"] for c in testable], [c["p"] for c in testable],
+                                 SUPPORTS, CONTRADICTS, CANNOT_TELL)
+    for c, (v, p) in zip(testable, judged):
         c["verdict"], c["p_holm"] = v, p
     verdicts = [c["verdict"] for c in comps]
     total = len(verdicts)

@@ -97,13 +97,9 @@ def correct_fraction(record) -> float:
     return float((record.probs.argmax(-1) == record.labels).mean())
 
 
-def cell_verdicts(results: list, supports: str, contradicts: str, cannot_tell: str) -> list:
-    """Verdict per PairedResult after Holm across all of them (oriented: > 0 favours the claim)."""
-    adjusted = holm([r.p for r in results])
-    out = []
-    for r, p in zip(results, adjusted):
-        if r.interval and math.isfinite(p) and p < ALPHA:
-            out.append(supports if r.mean > 0 else contradicts)
-        else:
-            out.append(cannot_tell)
-    return out
+def cell_verdicts(effects: list, pvalues: list, supports: str, contradicts: str, cannot_tell: str) -> list:
+    """[(verdict, Holm-adjusted p)] per comparison (effects oriented: > 0 favours the claim; p nan = no
+    interval, e.g. one seed, which never decides)."""
+    adjusted = holm(pvalues)
+    return [(supports if e > 0 else contradicts, p) if math.isfinite(p) and p < ALPHA else (cannot_tell, p)
+            for e, p in zip(effects, adjusted)]

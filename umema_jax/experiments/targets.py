@@ -985,10 +985,9 @@ def _cost_claim(ctx, points, rows, specs):
                               "detail": "no per-round step times in the benchmark record", "p": None})
                 continue
             res = stats.paired_t([math.log(y / x) for x, y in zip(ta, tb)])
-            comps.append({"backbone": b.label, "cheaper": cheap, "dearer": dear, "verdict": A.CANNOT_TELL,
-                          "effect": res.mean, "ci": [res.lo, res.hi], "p": res.p, "n_seeds": res.n,
-                          "detail": f"{dear} / {cheap} step time x{math.exp(res.mean):.3f} "
-                                    f"[{math.exp(res.lo):.3f}, {math.exp(res.hi):.3f}] over {res.n} rounds"})
+            comps.append({"backbone": b.label, "cheaper": cheap, "dearer": dear, **A.comparison(
+                res, f"{dear} / {cheap} step time x{math.exp(res.mean):.3f} "
+                     f"[{math.exp(res.lo):.3f}, {math.exp(res.hi):.3f}] over {res.n} rounds")})
     if not comps:
         return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (L106)", A.NOT_COMPUTED,
                        "no benchmark of all four variants" if specs else "no benchmark in this profile")

@@ -199,14 +199,10 @@ class ALoRA(Method):
         return int(sum(x.size for p, x in leaves if not slots(p)) + lora * self.rank // self.rank_cap)
 
     def optimizer(self, total_steps):
-        from umema_jax.train.state import learning_rate_schedule
+        from umema_jax.train.state import counted_adamw_parts, learning_rate_schedule
         o = self.config.optim
         schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
-        decay_mask = lambda tree: jax.tree.map(lambda x: x.ndim >= 2, tree)     # as train.state.adamw
-        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
-                         scale_by_slot_adam(o.b1, o.b2, o.eps),
-                         optax.add_decayed_weights(o.weight_decay, decay_mask),
-                         optax.scale_by_learning_rate(schedule))
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), *counted_adamw_parts(o, schedule, slot_count_shape))
         return tx, schedule
 
     def init_extra(self, trainable):

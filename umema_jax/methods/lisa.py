@@ -37,7 +37,7 @@ import optax
 
 from umema_jax.methods.base import Controller, Method, register
 from umema_jax.methods.full_ft import ALL_BUT_LM_HEAD
-from umema_jax.train.state import BLOCK_SCOPES, CountedAdamState, is_block_leaf, scale_by_counted_adam
+from umema_jax.train.state import BLOCK_SCOPES, CountedAdamState, is_block_leaf
 
 FORMS = ("efficient", "simple")
 SLOTS = "layer_slots"             # trainable[SLOTS] = {'backbone': {scope: block tree [γ, …]}}
@@ -81,21 +81,6 @@ def _block_count(x):
 
 def _block_count_shape(path, x) -> tuple:
     return (x.shape[0],) + (1,) * (x.ndim - 1)
-
-
-def scale_by_block_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-    """`optax.scale_by_adam` whose bias correction counts each block's own steps (leading axis = block), so
-    a block trained again after a pause resumes where it stopped (equal counts: `scale_by_adam` exactly)."""
-    return scale_by_counted_adam(b1, b2, eps, _block_count_shape)
-
-
-def block_adamw(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """`train.state.adamw` (same decay mask, same chain) with per-block counts."""
-    from umema_jax.train.state import decays
-    o = optim_cfg
-    return optax.chain(scale_by_block_adam(o.b1, o.b2, o.eps),
-                       optax.add_decayed_weights(o.weight_decay, lambda t: jax.tree_util.tree_map_with_path(decays, t)),
-                       optax.scale_by_learning_rate(schedule))
 
 
 def _is_block_adam(x) -> bool:
@@ -179,7 +164,7 @@ class LISA(Method):
         schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
         labels = lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: "body" if is_body(p) else "eh", tree)
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
-                         optax.multi_transform({"eh": adamw(o, schedule), "body": block_adamw(o, schedule)}, labels))
+                         optax.multi_transform({"eh": adamw(o, schedule), "body": adamw(o, schedule, _block_count_shape)}, labels))
         return tx, schedule
 
     def init_extra(self, trainable):

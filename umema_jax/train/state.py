@@ -113,11 +113,25 @@ def decays(path, x) -> bool:
     return x.ndim - (1 if is_block_leaf(path) else 0) >= 2
 
 
-def adamw(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """The project's AdamW (decay on matrices only, `decays`); methods that group parameters reuse it per group."""
-    decay_mask = lambda tree: jax.tree_util.tree_map_with_path(decays, tree)
-    return optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                       weight_decay=optim_cfg.weight_decay, mask=decay_mask)
+def adamw(optim_cfg, schedule: optax.Schedule, count_shape=None) -> optax.GradientTransformation:
+    """The project's AdamW (decay on matrices only, `decays`); methods that group parameters reuse it per group.
+    `count_shape`: one bias-correction count per slice of each leaf (`scale_by_counted_adam`), for methods
+    that pause or re-create slices (LISA's blocks, ALoRA's rank slots); None = optax's one count."""
+    o = optim_cfg
+    if count_shape is None:
+        return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=_decay_mask)
+    return optax.chain(*counted_adamw_parts(o, schedule, count_shape))
+
+
+def _decay_mask(tree):
+    return jax.tree_util.tree_map_with_path(decays, tree)
+
+
+def counted_adamw_parts(optim_cfg, schedule: optax.Schedule, count_shape) -> tuple:
+    """`adamw(..., count_shape)` as its three transformations, for a method that chains more around them."""
+    o = optim_cfg
+    return (scale_by_counted_adam(o.b1, o.b2, o.eps, count_shape),
+            optax.add_decayed_weights(o.weight_decay, _decay_mask), optax.scale_by_learning_rate(schedule))
 
 
 class CountedAdamState(NamedTuple):
