@@ -5,7 +5,12 @@ and the truncation count is reported in results.json.
 
 Learning rate and epochs: those of the `cpu` profile (lr 2e-3, 10 epochs). docs/EXPERIMENTS.md
 chooses the LR once per backbone, on SemEval's dev set (`configs/semeval.py`), and fixes it for
-every dataset; this dataset's own dev score at it is in its table5/table6 runs, not measured yet.
+every dataset; this dataset's own dev score at it is in its table5/table6 runs.
+
+`python launch.py --config=configs/20news.py` (`--config.model.method=full` for the paper's method).
+Run time not measured yet: the runner estimates 4 h 23 min on one core of a 2-core Intel Xeon
+(`python -m umema_jax.experiments table5 --profile=cpu --only=dataset=20news,size=1000,seed=0,method=lora
+--dry_run`); no result yet.
 """
 from configs.common import base_config
 

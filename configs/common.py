@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora.alpha = -1.0            # -1 = 2 * rank (paper: alpha = 2r, scale 2 at every rank)
     c.model.lora.dropout = 0.0
     c.model.lora.target_regex = ""       # '' = arch default (c_attn for GPT-2, q_proj|v_proj for LLaMA)
-    # UM branch (METHOD §1; fields of umema_jax.uncertainty.um.UMConfig), used by lora+um and full.
+    # UM branch (docs/METHOD.md; fields of umema_jax.uncertainty.um.UMConfig), used by lora+um and full.
     c.model.um = ml_collections.ConfigDict()
     c.model.um.d_u = 64                  # bottleneck / latent size
     c.model.um.quant_levels = 8          # Q: confidence quantisation levels
@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.um.temperature_max = 3.0     # soft bound of T; 0 = unbounded METHOD form (collapses, docs/METHOD_IMPL.md)
     c.model.um.temperature_input = "unit"  # what w_T reads: unit = M_U's direction (default; seed 2 collapsed with raw) | raw M_U (METHOD); docs/METHOD_IMPL.md dev. 13
     c.model.um.spread_eps = 1e-6
-    # EMA branch (METHOD §2; fields of umema_jax.memory.fusion.EMAConfig), used by lora+ema and full.
+    # EMA branch (docs/METHOD.md; fields of umema_jax.memory.fusion.EMAConfig), used by lora+ema and full.
     c.model.ema = ml_collections.ConfigDict()
     c.model.ema.slots = 256              # J (paper)
     c.model.ema.tau0 = 1.0               # base retrieval temperature
@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ema.axis_name = ""           # '' = None (jit + sharding); a mesh axis under shard_map/pmap
 
     # Hyper-parameters of the training methods, `methods.<name>.<key>`, each section built from its
-    # method's `defaults` (umema_jax/methods/<name>.py, BASELINES.md values; docs/METHODS.md lists them):
+    # method's `defaults` (umema_jax/methods/<name>.py, docs/METHODS.md values; docs/METHODS.md lists them):
     # methods.full_ft.param_dtype, methods.lisa.gamma, methods.lisa.interval_steps, ...
     from umema_jax.methods import default_config as method_defaults
     c.methods = method_defaults()

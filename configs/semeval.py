@@ -1,8 +1,9 @@
 """Main job: SmolLM2-135M + LoRA (r=8) on SemEval-2010 Task 8, 1000 training examples.
 
-`python launch.py --config=configs/semeval.py` (add `--config.model.method=full`
-for LoRA+UM+EMA, `--config.data.max_len=512` for the paper's sequence length:
-SemEval sentences are short, so 128 truncates almost nothing).
+`python launch.py --config=configs/semeval.py` trains the LoRA baseline;
+`python launch.py --config=configs/semeval.py --config.model.method=full` the paper's method
+(LoRA+UM+EMA). `--config.data.max_len=512` gives the paper's sequence length: SemEval sentences
+are short, so 128 truncates almost nothing.
 
 Operating point: the `cpu` profile's (docs/EXPERIMENTS.md): 10 epochs (630 steps at batch 16) with
 early stopping on dev, XLA's matmul path (every published run uses it, so this command reproduces the

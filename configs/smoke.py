@@ -1,6 +1,9 @@
 """Seconds-long end-to-end run: tiny random-weight GPT-2 on the bundled SemEval fixture.
 
 Exercises every stage (train, dev eval, checkpoints, outputs) without real weights or data.
+
+`python launch.py --config=configs/smoke.py` (under a minute on 2 CPU cores; random weights, so the
+accuracy is chance: it checks the plumbing, not the method).
 """
 import os
 

@@ -1,4 +1,4 @@
-"""UmemaModel (CONTRACTS.md, METHOD.md): step-0 equality of the four variants, the bank's write/read
+"""UmemaModel (CONTRACTS.md, docs/METHOD.md): step-0 equality of the four variants, the bank's write/read
 discipline inside the model, gradients, parameter budget and config plumbing."""
 import os
 import subprocess
@@ -290,7 +290,7 @@ def test_two_device_sharded_batch_writes_the_same_slot():
 
 
 def test_every_um_and_ema_setting_is_a_config_key_with_the_dataclass_default():
-    """Issue 11.10: `--config.model.um.X` / `--config.model.ema.X` work for every field, and the
+    """`--config.model.um.X` / `--config.model.ema.X` work for every field, and the
     defaults shown in configs/common.py are the ones the branches use."""
     import dataclasses
     from configs.common import base_config

@@ -1,4 +1,4 @@
-"""UmemaModel: frozen backbone + LoRA + UM + EMA + task head (docs/CONTRACTS.md, METHOD.md).
+"""UmemaModel: frozen backbone + LoRA + UM + EMA + task head (docs/CONTRACTS.md, docs/METHOD.md).
 
 `method` names a registered training method (umema_jax/methods, docs/METHODS.md);
 the model reads only its `use_um` / `use_ema` flags. The paper's variants:

@@ -4,8 +4,8 @@
 * GGUF file (or a built-in name resolving to one) -> rebuilt from the file's
   own metadata with transformers' GGUF tokenizer mapping (needs no torch).
 * `gpt2` family names -> the GPT-2 BPE files, looked up in a local folder
-  (`$UMEMA_GPT2_TOKENIZER_DIR`, or `../shared/tokenizers/gpt2` next to the
-  checkout) before the hub.
+  (`$UMEMA_GPT2_TOKENIZER_DIR`, or `tokenizers/gpt2` beside the data folder
+  of `$UMEMA_DATA_DIR`) before the hub.
 
 Every returned tokenizer has a pad token: models without one (GPT-2,
 SmolLM2's GGUF) pad with their end-of-text token; padded positions are
@@ -28,8 +28,9 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def local_gpt2_tokenizer_dir() -> str | None:
     """The folder holding GPT-2's vocab.json + merges.txt, if one is on disk."""
+    data_dir = os.environ.get("UMEMA_DATA_DIR") or os.path.join(_REPO_ROOT, "..", "shared", "data")
     candidates = [os.environ.get("UMEMA_GPT2_TOKENIZER_DIR", ""),
-                  os.path.join(_REPO_ROOT, "..", "shared", "tokenizers", "gpt2")]
+                  os.path.join(os.path.dirname(os.path.abspath(data_dir)), "tokenizers", "gpt2")]
     for folder in candidates:
         if folder and os.path.isfile(os.path.join(folder, "vocab.json")) \
                 and os.path.isfile(os.path.join(folder, "merges.txt")):

@@ -1,4 +1,4 @@
-"""EMA bank as pure functions (METHOD §2): FIFO, no gradient, masked writes, uncertainty-softened reads."""
+"""EMA bank as pure functions (docs/METHOD.md): FIFO, no gradient, masked writes, uncertainty-softened reads."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,7 +112,7 @@ def test_retrieval_gets_flatter_with_uncertainty(retrieval):
 
 
 def test_cosine_retrieval_matches_numpy_and_ignores_query_scale():
-    """Issue 15: with dot-product scores a growing query norm makes retrieval one-hot; cosine cannot."""
+    """with dot-product scores a growing query norm makes retrieval one-hot; cosine cannot."""
     bank, rows = _written(init_bank(jax.random.PRNGKey(0), J, D), 20)
     q = np.random.RandomState(2).randn(3, D).astype(np.float32)
     tau = np.array([1.0, 1.5, 2.0], np.float32)
@@ -147,7 +147,7 @@ def test_never_written_slots_get_no_weight():
 
 
 def test_moments_over_micro_batches_give_the_mini_batch_entry():
-    """Issue 11.4: under accumulation the slot is the confidence-weighted mean over the whole
+    """under accumulation the slot is the confidence-weighted mean over the whole
     mini-batch; a micro-batch of padding rows adds nothing; the pointer moves iff a row was real."""
     r = np.random.RandomState(4)
     reps = r.randn(8, D).astype(np.float32)

@@ -1,4 +1,4 @@
-"""EMA query/retrieval/gated fusion module (METHOD §2)."""
+"""EMA query/retrieval/gated fusion module (docs/METHOD.md)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +80,7 @@ def test_fusion_matches_formula_with_trained_weights(init_params):
 
 
 def test_query_norm_stops_a_large_m_u_from_taking_over_the_query(init_params):
-    """Issue 15: a constant, growing M_U dominated the query; with query_norm its scale is irrelevant."""
+    """a constant, growing M_U dominated the query; with query_norm its scale is irrelevant."""
     c = jax.random.normal(jax.random.PRNGKey(1), (2, D))
     m_u = jax.random.normal(jax.random.PRNGKey(2), (2, DU))
     params = jax.tree_util.tree_map(lambda x: x + 0.1, init_params)

@@ -1,4 +1,4 @@
-"""ALoRA (BASELINES.md §7) against independent references: plain LoRA on the gathered active ranks, a
+"""ALoRA (docs/METHODS.md) against independent references: plain LoRA on the gathered active ranks, a
 brute-force loop of ablated forwards, optax's AdamW, numpy allocation rules."""
 import dataclasses
 import functools

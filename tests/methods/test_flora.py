@@ -1,4 +1,4 @@
-"""FLoRA (BASELINES.md §6): stacking, merging, rounds, the merged checkpoint.
+"""FLoRA (docs/METHODS.md): stacking, merging, rounds, the merged checkpoint.
 
 Independent references: numpy sums of per-client products, the un-merged LoRA model's logits.
 """

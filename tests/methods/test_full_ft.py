@@ -1,4 +1,4 @@
-"""Full fine-tuning (BASELINES.md §2): finite-difference gradients, a hand-written numpy AdamW step,
+"""Full fine-tuning (docs/METHODS.md): finite-difference gradients, a hand-written numpy AdamW step,
 every leaf moving, the LM head excluded, the bf16 option."""
 import jax
 import jax.numpy as jnp

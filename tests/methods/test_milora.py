@@ -1,4 +1,4 @@
-"""MiLoRA (BASELINES.md §5) against independent references: a numpy router driving plain LoRA, one example
+"""MiLoRA (docs/METHODS.md) against independent references: a numpy router driving plain LoRA, one example
 at a time; the adapter-free backbone; padding; gradients of unchosen experts; the balance loss in numpy."""
 import dataclasses
 import functools

@@ -1,4 +1,4 @@
-"""SplitLoRA (BASELINES.md §4): the split exchange against the unsplit model, FedAvg, modes, traffic.
+"""SplitLoRA (docs/METHODS.md): the split exchange against the unsplit model, FedAvg, modes, traffic.
 
 Independent references: the plain (unsplit) `UmemaModel` with each client's copy concatenated to
 the server's LoRA, differentiated by `jax.grad`; plain LoRA training; numpy means.

@@ -84,7 +84,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 @pytest.mark.parametrize("order", ["real_last", "padding_last"])
 def test_accumulated_bank_write_is_the_mini_batch_mean_once(order):
-    """Issue 11.4: micro-batches with different numbers of real rows (one of them only padding) write
+    """micro-batches with different numbers of real rows (one of them only padding) write
     one slot holding the mean over the mini-batch's real rows, and the pointer advances once."""
     model, state, frozen, tx, schedule = _setup()
     batch = _batch(8)

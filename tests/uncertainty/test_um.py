@@ -1,4 +1,4 @@
-"""UM branch (METHOD §1) on random arrays: formulas against numpy references, masks, monotonic T."""
+"""UM branch (docs/METHOD.md) on random arrays: formulas against numpy references, masks, monotonic T."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -6,7 +6,7 @@ MiLoRA routing, a split-learning span) and the way blocks are stacked (one
 `nn.scan` over layers, params and LoRA stacked on axis 0) are the same, so they
 live here once. A new backbone subclasses `DecoderBlock` and `DecoderBackbone`.
 
-Layer slots (LISA's efficient form, BASELINES.md §3): when the variables hold a
+Layer slots (LISA's efficient form, docs/METHODS.md): when the variables hold a
 `layer_slots` collection — `slot_of [L]` (int32, -1 = frozen) and, under the
 stack's name, a block tree with a leading `[γ]` axis — block l runs with the
 weights of slot `slot_of[l]` if it has one, else with its stacked params under

@@ -1,5 +1,5 @@
 """Training batches of N simulated clients: an equal, seeded random partition of the training set
-and three schedules of the clients' batches (SplitLoRA, FLoRA; BASELINES.md §4, §6).
+and three schedules of the clients' batches (SplitLoRA, FLoRA; docs/METHODS.md, §6).
 
 * `parallel` (SplitLoRA's SFL): every step holds one sub-batch of b = ceil(B/N) rows from *every*
   client, client k in rows [k·b, (k+1)·b); a step has N·b rows.

@@ -7,7 +7,7 @@ File format (CRLF; LF accepted too), 4 lines per example::
     Comment: ...
     <blank>
 
-The text keeps its `<e1>..</e1>`/`<e2>..</e2>` markers (METHOD.md §0: the
+The text keeps its `<e1>..</e1>`/`<e2>..</e2>` markers (docs/METHOD.md: the
 sentence is encoded as a whole, markers as text); only the wrapping quotes
 are removed. There is no official dev split: `carve_dev` takes a fixed,
 stratified 10 % of train (800 of 8,000) with a seed that never depends on

@@ -275,7 +275,7 @@ def claim(cid: str, text: str, verdict: str, detail: str, comparisons: list | No
 
 def claims_markdown(claims: list) -> list:
     if not claims:
-        return ["No claim of EXPERIMENTS.md §5 is about this output."]
+        return ["No claim of docs/EXPERIMENTS.md is about this output."]
     lines = ["| claim | paper says | verdict | evidence |", "|---|---|---|---|"]
     for c in claims:
         lines.append(f"| {c['id']} | {c['claim']} | **{c['verdict']}** | {c['detail']} |")
@@ -358,7 +358,7 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
     md = [f"# {title}", ""]
     if doc:
         md += [inspect.cleandoc(doc), ""]
-    md += body + ["", "## Claims (EXPERIMENTS.md §5)", ""] + claims_markdown(claims)
+    md += body + ["", "## Claims (docs/EXPERIMENTS.md)", ""] + claims_markdown(claims)
     md += ["", "## Deviations from the paper (profile `%s`)" % ctx.profile.name, ""]
     md += [f"- {d}" for d in ctx.profile.deviations] or ["- none"]
     lr = ctx.lr_note()
@@ -372,7 +372,7 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
                "deviations": list(ctx.profile.deviations), "learning_rates": ctx.lr_selection,
                "root": S.repo_relative(ctx.root), "cells": [c.to_json() for c in cells], "claims": claims,
                # what the README shows of this output (pipeline.sync_readme): the table(s) and the verdicts
-               "summary_markdown": "\n".join(compact_tables(body) + ["", "Claims (EXPERIMENTS.md §5):", ""]
+               "summary_markdown": "\n".join(compact_tables(body) + ["", "Claims (docs/EXPERIMENTS.md):", ""]
                                              + claims_markdown(claims))}
     sidecar.update(extra or {})
     write_json(os.path.join(out_dir, f"{target}.json"), sidecar)

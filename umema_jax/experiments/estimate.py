@@ -4,7 +4,7 @@ Time: an analytic FLOP count of the steps and evaluations the run will do
 (epochs × ceil(n / batch) train steps, a dev evaluation per epoch, the final
 dev + test scoring), divided by this machine's effective FLOP/s, plus a fixed
 per-run overhead (start-up, loading, compiling). On CPU the FLOP/s come from
-the measurement in EXPERIMENTS.md §4 (SmolLM2-135M, ~5 s per step of 16
+the measurement in docs/EXPERIMENTS.md (SmolLM2-135M, ~5 s per step of 16
 SemEval sentences and ~2.5 min for the 2,717 test sentences on 2 cores),
 scaled by the core count; on a GPU, 30 % of the device's dense peak. Once runs
 of a backbone have finished under `--root`, their measured wall times rescale

@@ -25,7 +25,7 @@ FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures", "data")
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A row of the paper's tables. `family`: 'adapter' methods share the LoRA-selected LR,
-    'full_weight' methods get their own (EXPERIMENTS.md §3)."""
+    'full_weight' methods get their own (docs/EXPERIMENTS.md)."""
     label: str
     candidates: tuple            # model.method values that implement it (first implemented wins)
     family: str = "adapter"
@@ -40,7 +40,7 @@ STABLE_UM = (("model.um.temperature_input", "unit"),)
 UM = Method("+UM", ("lora+um",), overrides=STABLE_UM)
 EMA = Method("+EMA", ("lora+ema",))
 OURS = Method("Ours (LoRA+UM+EMA)", ("full",), overrides=STABLE_UM)
-# Table 7's stability ablation row: T reads the raw M_U (METHOD §1.6; the default before the stability fix).
+# Table 7's stability ablation row: T reads the raw M_U (docs/METHOD.md; the default before the stability fix).
 OURS_RAW_T = Method("Ours, T on raw M_U (extra)", ("full",), overrides=(("model.um.temperature_input", "raw"),))
 # ... and the next candidate against the seed-0 transient of the default form: the UM and EMA branches (fresh
 # dense layers) at a fifth of the adapters' learning rate (`optim.lr_scale`).

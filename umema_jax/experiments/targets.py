@@ -135,7 +135,7 @@ def one(results, **labels):
 # --------------------------------------------------------------------------- lr_select
 
 def lr_select_cells(ctx: Context) -> list:
-    """Learning-rate selection (EXPERIMENTS.md §3): the LoRA baseline on SemEval, n = 1000 (profile's
+    """Learning-rate selection (docs/EXPERIMENTS.md): the LoRA baseline on SemEval, n = 1000 (profile's
     selection size), seed 0, over the profile's grid; the LR with the best *dev* primary metric is fixed
     for every adapter-family method (LoRA, +UM, +EMA, Ours, SplitLoRA, MiLoRA, FLoRA, ALoRA). Full-weight
     methods (full FT, LISA) get their own grid, scored the same way on the first implemented of them.
@@ -245,7 +245,7 @@ def lr_select_render(ctx: Context, results: list) -> None:
         for b, fam, lr, c in curves:
             body.append(f"| {b} | {fam} | {float(lr):g} | {' '.join(f'{100 * x:.1f}' for x in c)} | "
                         f"{1 + c.index(max(c))} of {len(c)} | {'yes' if converged(c) else 'no'} |")
-    A.write(ctx.out, "lr_select", "Learning-rate selection (EXPERIMENTS.md §3)", ctx, body, [], results,
+    A.write(ctx.out, "lr_select", "Learning-rate selection (docs/EXPERIMENTS.md)", ctx, body, [], results,
             {"selection": selection}, doc=TARGETS["lr_select"].doc)
 
 
@@ -307,7 +307,7 @@ def table1_render(ctx: Context, results: list) -> None:
                            f"{100 * extra / c['counts']['frozen']:.3f} % of the backbone" if extra is not None else "")
         small = all(lora_counts.get(c["labels"]["backbone"]) and (c["counts"]["trainable"] - lora_counts[
             c["labels"]["backbone"]]["trainable"]) < 0.01 * c["counts"]["frozen"] for c in ours)
-        claims.append(A.claim("C17", "\"minimal\" parameter overhead (L111)", A.SUPPORTS if small else A.CONTRADICTS,
+        claims.append(A.claim("C17", "\"minimal\" parameter overhead (paper §5)", A.SUPPORTS if small else A.CONTRADICTS,
                               "; ".join(details) + " (threshold: < 1 % of the backbone's parameters)"))
     A.write(ctx.out, "table1", "Table 1: backbones and methods (parameters from shapes)", ctx, body, claims, [],
             {"rows": cells}, doc=TARGETS["table1"].doc)
@@ -346,7 +346,7 @@ def table2_render(ctx: Context, results: list) -> None:
              "### Learning rates", "",
              f"Grid (adapter family): {list(p.lr_grid)}; full-weight family: {list(p.full_weight_lr_grid)}. "
              f"Selection cell: SemEval, n = {p.selection_size}, seed 0, dev primary metric of the LoRA baseline "
-             "(EXPERIMENTS.md §3).", ""]
+             "(docs/EXPERIMENTS.md).", ""]
     body += lr_tables(results)
     for b in p.backbones:
         for fam in ("adapter", "full_weight"):
@@ -457,7 +457,7 @@ def _method_profile_table(results) -> list:
 
 def table3_render(ctx, results):
     accuracy = [r for r in results if r.cell.labels.get("part") != "method profile"]
-    claims = [_best_claim(accuracy, "C5", "Ours best in every table3 cell (L3, L80)", P.OURS.label,
+    claims = [_best_claim(accuracy, "C5", "Ours best in every table3 cell (paper abstract, §4.3.1)", P.OURS.label,
                           [DATASET_LABEL[d] for d in CLS])]
     _table(ctx, accuracy, "table3", "Table 3: classification vs baselines (accuracy)", "Test accuracy.", claims,
            TARGETS["table3"].doc, extra_body=_method_profile_table(results), all_cells=results)
@@ -470,7 +470,7 @@ def table4_cells(ctx):
 
 
 def table4_render(ctx, results):
-    claims = [_best_claim(results, "C7", "Ours best span F1 in every table4 cell (L83)", P.OURS.label,
+    claims = [_best_claim(results, "C7", "Ours best span F1 in every table4 cell (paper §4.3.2)", P.OURS.label,
                           [DATASET_LABEL[d] for d in NER])]
     # larger margin on PLONER at 500/1000
     margins = []
@@ -487,7 +487,7 @@ def table4_render(ctx, results):
                 margins.append(m["PLONER"] > m["WNUT17"])
     verdict = A.NOT_COMPUTED if not margins else (A.CANNOT_TELL if ctx.profile.seeds[1:] == () else
                                                   (A.SUPPORTS if all(margins) else A.CONTRADICTS))
-    claims.append(A.claim("C7b", "larger margin on PLONER than WNUT17 at 500/1000 (L83)", verdict,
+    claims.append(A.claim("C7b", "larger margin on PLONER than WNUT17 at 500/1000 (paper §4.3.2)", verdict,
                           f"PLONER margin larger in {sum(margins)}/{len(margins)} backbone × size cells"))
     _table(ctx, results, "table4", "Table 4: NER vs baselines (span F1)", "Test span F1 (seqeval strict IOB2).",
            claims, TARGETS["table4"].doc)
@@ -520,8 +520,8 @@ def table6_cells(ctx):
 
 
 def table6_render(ctx, results):
-    claims = [_pair_claim(results, "C9a", "+UM > LoRA in every cell (L91)", P.UM.label, P.LORA.label, "every"),
-              _pair_claim(results, "C9b", "+EMA > LoRA \"in most\" cells (L91)", P.EMA.label, P.LORA.label, "most")]
+    claims = [_pair_claim(results, "C9a", "+UM > LoRA in every cell (paper §4.4.2)", P.UM.label, P.LORA.label, "every"),
+              _pair_claim(results, "C9b", "+EMA > LoRA \"in most\" cells (paper §4.4.2)", P.EMA.label, P.LORA.label, "most")]
     _table(ctx, results, "table6", "Table 6: NER ablation (span F1)", "Test span F1 (seqeval strict IOB2).", claims,
            TARGETS["table6"].doc)
 
@@ -578,7 +578,7 @@ def table7_render(ctx, results):
              "(max-prob: 1 − max p; ū, u_ale, u_epi: the UM branch's uncertainties; 50 = chance).", ""]
     body += A.pivot(auroc, ("backbone", "method"), ("dataset", "score"))
     claims = []
-    for cid, text, worse in (("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (L108–109)", "LoRA"),
+    for cid, text, worse in (("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (paper §4.9)", "LoRA"),
                              ("extra", "(not a paper claim) Ours vs LoRA + post-hoc TS, same metrics",
                               "LoRA + post-hoc TS")):
         comps = [x for mlabel, _ in CAL_METRICS
@@ -702,7 +702,7 @@ def _size_claim(results, ctx, cid="C11"):
     v, d = A.combine(comps)
     if not comps:
         v, d = A.NOT_COMPUTED, f"profile `{ctx.profile.name}` draws sizes {list(ctx.profile.figure_sizes)} only"
-    return A.claim(cid, "1000 > 500 > 200 at every point (L94, L98)", v, d, comps)
+    return A.claim(cid, "1000 > 500 > 200 at every point (paper §4.5, §4.6)", v, d, comps)
 
 
 def _backbone_claim(results, ctx, cid="C12"):
@@ -720,7 +720,7 @@ def _backbone_claim(results, ctx, cid="C12"):
         if other is not None:
             comps.append({**key, "better": r.cell.labels["backbone"], "worse": prev, **A.compare(r, other)})
     v, d = A.combine(comps)
-    return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S (L94, L98, L102, L109)", v, d, comps)
+    return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S (paper §4.5–4.7, §4.9)", v, d, comps)
 
 
 def _figure_body(ctx, results, name, xname):
@@ -741,7 +741,7 @@ def fig4_render(ctx, results):
         return 1e-4 <= best <= 5e-4 and all(a >= b for a, b in zip(falls, falls[1:]))
     os.makedirs(ctx.out, exist_ok=True)
     _curves_png(ctx, results, "fig4", "learning rate", True)
-    claims = [_series_claims(results, "C10", "rises to a peak near 2e-4, falls at 5e-4 and 1e-3 (L94)", peak_shape,
+    claims = [_series_claims(results, "C10", "rises to a peak near 2e-4, falls at 5e-4 and 1e-3 (paper §4.5)", peak_shape,
                              ctx),
               _size_claim(results, ctx), _backbone_claim(results, ctx)]
     A.write(ctx.out, "fig4", "Figure 4: learning-rate sensitivity", ctx, _figure_body(ctx, results, "fig4", "lr"),
@@ -754,7 +754,7 @@ def fig5_render(ctx, results):
         return all(a >= b for a, b in zip(ys, ys[1:]))
     os.makedirs(ctx.out, exist_ok=True)
     _curves_png(ctx, results, "fig5", "missing rate", False)
-    claims = [_series_claims(results, "C13", "monotone decrease with missing rate (L97–98)", monotone, ctx),
+    claims = [_series_claims(results, "C13", "monotone decrease with missing rate (paper §4.6)", monotone, ctx),
               _size_claim(results, ctx), _backbone_claim(results, ctx)]
     slopes = {}
     for r in results:
@@ -767,7 +767,7 @@ def fig5_render(ctx, results):
         if len(per) == 2 and all(len(v) >= 2 for v in per.values()):
             drop = {d: (max(v)[1] - min(v)[1]) / (max(v)[0] - min(v)[0]) for d, v in per.items()}
             faster.append(drop.get("PLONER", 0) < drop.get("SemEval", 0))
-    claims.append(A.claim("C13b", "PLONER drops faster than SemEval (L98)",
+    claims.append(A.claim("C13b", "PLONER drops faster than SemEval (paper §4.6)",
                           A.NOT_COMPUTED if not faster else A.CANNOT_TELL if len(_figure_seeds(ctx)) < 2 else
                           A.SUPPORTS if all(faster) else A.CONTRADICTS,
                           f"PLONER slope steeper in {sum(faster)}/{len(faster)} lines"))
@@ -841,7 +841,7 @@ def fig6_render(ctx, results):
     stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
     if stand_in:
         body += ["", f"Stand-ins in this profile: {', '.join(stand_in)}."]
-    c14 = _pair_claim(results, "C14", "+UM closer to the diagonal than LoRA (lower ECE) (L101–102)", P.UM.label,
+    c14 = _pair_claim(results, "C14", "+UM closer to the diagonal than LoRA (lower ECE) (paper §4.7)", P.UM.label,
                       P.LORA.label, higher=False)
     gaps = {}
     for r in by(results, method=P.UM.label):
@@ -851,7 +851,7 @@ def fig6_render(ctx, results):
         if lora is not None and lora.mean is not None and r.mean is not None:
             gaps.setdefault(r.cell.labels["backbone"], {})[r.cell.labels["dataset"]] = lora.mean - r.mean
     largest = [max(g, key=g.get) == "WNUT17" for g in gaps.values() if len(g) >= 2]
-    c14b = A.claim("C14b", "largest LoRA→+UM ECE gap on WNUT17 (L102)",
+    c14b = A.claim("C14b", "largest LoRA→+UM ECE gap on WNUT17 (paper §4.7)",
                    A.NOT_COMPUTED if not largest else A.CANNOT_TELL,
                    f"largest on WNUT17 for {sum(largest)}/{len(largest)} backbones (one seed per panel: no noise "
                    f"estimate)" if largest else "needs both panels")
@@ -989,10 +989,10 @@ def _cost_claim(ctx, points, rows, specs):
                 res, f"{dear} / {cheap} step time x{math.exp(res.mean):.3f} "
                      f"[{math.exp(res.lo):.3f}, {math.exp(res.hi):.3f}] over {res.n} rounds")})
     if not comps:
-        return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (L106)", A.NOT_COMPUTED,
+        return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (paper §4.8)", A.NOT_COMPUTED,
                        "no benchmark of all four variants" if specs else "no benchmark in this profile")
     verdict, detail = A.combine(comps)
-    return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (L106)", verdict,
+    return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (paper §4.8)", verdict,
                    detail + "; " + "; ".join(c["detail"] for c in comps), comps)
 
 
@@ -1012,4 +1012,4 @@ TARGETS = {t.name: t for t in (
     Target("fig6", "Figure 6", fig6_cells, fig6_render),
     Target("fig7", "Figure 7", fig7_cells, fig7_render, extra_specs=bench_specs),
 )}
-ORDER = list(TARGETS)          # `all` runs them in this order (most informative first, EXPERIMENTS.md §4)
+ORDER = list(TARGETS)          # `all` runs them in this order (most informative first, docs/EXPERIMENTS.md)

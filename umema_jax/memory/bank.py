@@ -1,4 +1,4 @@
-"""External memory bank (EMA) as pure functions — METHOD.md §2.
+"""External memory bank (EMA) as pure functions — docs/METHOD.md
 
 The bank is a buffer, not a parameter: a dict `{'keys' [J,d], 'values' [J,d],
 'pointer' [] int32, 'filled' [] int32}` stored in the Flax collection `memory`.
@@ -30,7 +30,7 @@ def init_bank(rng: jax.Array, slots: int = 256, dim: int = 768, dtype=jnp.float3
 
 
 def reset_bank(rng: jax.Array, bank: Bank) -> Bank:
-    """Fresh bank of the same shape for a new task (METHOD §2, lifetime)."""
+    """Fresh bank of the same shape for a new task (docs/METHOD.md)."""
     slots, dim = bank["keys"].shape
     return init_bank(rng, slots, dim, bank["keys"].dtype)
 
@@ -47,7 +47,7 @@ def retrieval_scores(bank: Bank, query: jax.Array, tau: jax.Array, retrieval: st
                      scale: float = 10.0) -> jax.Array:
     """Retrieval logits [..., J] before masking.
 
-    'dot' (METHOD §2 as written): `q K^T / (sqrt(d) τ)`. Its sharpness grows with
+    'dot' (docs/METHOD.md as written): `q K^T / (sqrt(d) τ)`. Its sharpness grows with
     the query norm, which the optimizer can raise without bound until retrieval
     is one-hot and passes no gradient (the stability study, docs/NOTES.md). 'cosine': `scale · cos(q, K_j) / τ`,
     invariant to the query's and keys' norms, so the sharpness is fixed by

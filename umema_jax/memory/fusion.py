@@ -1,4 +1,4 @@
-"""EMA query, uncertainty-controlled retrieval and gated fusion — METHOD.md §2.
+"""EMA query, uncertainty-controlled retrieval and gated fusion — docs/METHOD.md
 
 The module owns only the trainable projections (`ema/...` params); the bank is
 passed in (it lives in the `memory` collection of the enclosing model) and is
@@ -29,7 +29,7 @@ class EMAConfig:
     write runs under shard_map/pmap (None under jit+sharding, where XLA reduces).
     The stability settings (docs/METHOD_IMPL.md, "Stability"; each was an
     ablation row of the stability study): retrieval 'cosine' (norm-invariant, sharpness fixed
-    by retrieval_scale) or 'dot' (METHOD §2 as written); query_norm: parameter-
+    by retrieval_scale) or 'dot' (docs/METHOD.md as written); query_norm: parameter-
     free LayerNorm on c and M_U before the query projection, so neither term
     can dominate the query by growing its norm; mask_unwritten: never-written
     (Xavier-noise) slots get no retrieval weight.

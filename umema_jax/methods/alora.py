@@ -1,4 +1,4 @@
-"""ALoRA, allocating LoRA ranks by ablation (Liu et al. 2024; BASELINES.md §7).
+"""ALoRA, allocating LoRA ranks by ablation (Liu et al. 2024; docs/METHODS.md).
 
 Each targeted module (one per layer: `c_attn` of layer 3 is one module) has
 `rank_cap` rank slots; the LoRA branch is `((x A) * g) B` with gates
@@ -19,7 +19,7 @@ K₁ + N_A·K₂ epochs; after the rounds training continues to the budget.
 
 A new rank is function-preserving (fresh Kaiming column of A, zero row of B)
 and gets zero moments and its own Adam step count (`scale_by_slot_adam`: one
-count per rank slot, BASELINES §1 pitfall 3). Shapes never change, so neither
+count per rank slot, docs/METHODS.md). Shapes never change, so neither
 the train step nor the scoring (one jitted `vmap` over a fixed-size chunk of
 gate vectors) recompiles. The allocation is in the checkpointed state (gates)
 and logged per round (`split: method`, `alora/rank/<module>/<layer>`).
@@ -150,7 +150,7 @@ def importance(s_full, s_without, s_only) -> np.ndarray:
 class ALoRA(Method):
     name = "alora"
     honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
-    defaults = {"rank_cap": 0,             # slots per module; 0 = 2 · model.lora.rank (BASELINES §7)
+    defaults = {"rank_cap": 0,             # slots per module; 0 = 2 · model.lora.rank (docs/METHODS.md)
                 "first_epochs": 1.0,       # K₁ [P]
                 "round_epochs": 0.25,      # K₂ [P]
                 "rounds": 8,               # N_A [P]

@@ -87,9 +87,9 @@ class Method:
 
     Class attributes a subclass sets:
       name      the `model.method` value that selects it
-      family    'adapter' (LR chosen on the LoRA baseline) | 'full_weight' (own LR grid), EXPERIMENTS §3
+      family    'adapter' (LR chosen on the LoRA baseline) | 'full_weight' (own LR grid), docs/EXPERIMENTS.md
       use_lora, use_um, use_ema   what `UmemaModel` builds
-      defaults  hyper-parameters with their BASELINES.md defaults; they become the config keys
+      defaults  hyper-parameters with their docs/METHODS.md defaults; they become the config keys
                 `methods.<name>.<key>` (read as `self.hp.<key>`); {} = no section
       honours_lr_scale  False when `optimizer` builds its own groups without `train.state.make_optimizer`,
                 so `optim.lr_scale` would be ignored: validation then refuses lr_scale != 1

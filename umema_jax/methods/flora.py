@@ -1,4 +1,4 @@
-"""FLoRA, federated LoRA by stacking (Wang et al. 2024; BASELINES.md §6), simulated on one machine.
+"""FLoRA, federated LoRA by stacking (Wang et al. 2024; docs/METHODS.md), simulated on one machine.
 
 N IID clients (an equal seeded partition). In round r every client, one after the other, starts
 from the global weights (the merged backbone and the global head) with fresh LoRA factors (A as

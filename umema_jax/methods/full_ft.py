@@ -1,4 +1,4 @@
-"""Full fine-tuning (BASELINES.md §2): every backbone weight and the head, one AdamW, no adapter.
+"""Full fine-tuning (docs/METHODS.md): every backbone weight and the head, one AdamW, no adapter.
 
 Decay on matrices only (`train.state.adamw`); GPT-2's tied `wte` trains as the
 input embedding; LLaMA's untied `lm_head` (present in loaded weights only: the

@@ -1,4 +1,4 @@
-"""LISA, Layerwise Importance Sampled AdamW (Pan et al. 2024; BASELINES.md §3).
+"""LISA, Layerwise Importance Sampled AdamW (Pan et al. 2024; docs/METHODS.md).
 
 Embeddings, final norm and head always train; every `interval_steps` (K)
 steps `gamma` (γ) blocks are drawn uniformly without replacement from all
@@ -8,7 +8,7 @@ get gradients), every block keeps its own AdamW moments and step count while
 it is frozen and resumes them when drawn again, frozen blocks are not decayed,
 and the LR schedule runs over the global step.
 
-Two forms of BASELINES §3 with the same numerics (`methods.lisa.form`):
+Two forms of docs/METHODS.md with the same numerics (`methods.lisa.form`):
 
 - `simple`: all blocks are in the trainable tree (scanned, `[L, …]`); the
   active set is `extra['layer_mask'] [L]`, traced data, so a new draw never

@@ -1,4 +1,4 @@
-"""MiLoRA, a prompt-aware mixture of LoRA experts (Zhang et al. 2024; BASELINES.md §5).
+"""MiLoRA, a prompt-aware mixture of LoRA experts (Zhang et al. 2024; docs/METHODS.md).
 
 Every linear module of a block carries a LoRA module, and each is an expert
 (4 per GPT-2 block, 7 per LLaMA block). Before each block a router reads the

@@ -1,4 +1,4 @@
-"""The paper's four variants (METHOD.md): LoRA, LoRA+UM, LoRA+EMA and the full method LoRA+UM+EMA.
+"""The paper's four variants (docs/METHOD.md): LoRA, LoRA+UM, LoRA+EMA and the full method LoRA+UM+EMA.
 
 They differ only in what `UmemaModel` builds; everything else is the default
 `Method` (train LoRA + `train.trainable_regex`, one clipped AdamW).

@@ -1,4 +1,4 @@
-"""SplitLoRA, split-federated LoRA (Lin et al. 2024; BASELINES.md §4), simulated on one machine.
+"""SplitLoRA, split-federated LoRA (Lin et al. 2024; docs/METHODS.md), simulated on one machine.
 
 N clients hold the embedding and blocks [0, c) with their own copy of the client-side LoRA; the
 server holds blocks [c, L), the server-side LoRA and the head. A client runs to the cut and sends

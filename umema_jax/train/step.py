@@ -9,7 +9,7 @@ returned by `apply(..., mutable=['memory'])`. No host sync inside.
 Gradient accumulation (`grad_accum_steps = A > 1`) splits the mini-batch into
 A micro-batches and `lax.scan`s over them. Losses are sums divided by the
 *mini-batch's* valid-target count, so accumulated gradients equal the
-un-accumulated ones. The bank is written once per mini-batch (METHOD §2): every
+un-accumulated ones. The bank is written once per mini-batch (docs/METHOD.md): every
 micro-batch reads the bank as it was at the start of the step and returns the
 two sums of its confidence-weighted entry (`memory_entry_numer/denom`); the
 step adds them over micro-batches and writes their ratio into one slot, so the

@@ -1,4 +1,4 @@
-"""Uncertainty modeling (UM) branch — METHOD.md §1.
+"""Uncertainty modeling (UM) branch — docs/METHOD.md
 
 The branch reads the backbone's embedding output, its per-layer hidden states
 and its last hidden state, and returns token confidences, the sequence summary
@@ -36,8 +36,8 @@ class UMConfig:
       0.018, so T starts just above 1 (raw logits are what equals LoRA at
       step 0, see model.py).
     temperature_max: soft upper bound of T (`calibration_temperature`); 0 =
-      unbounded, METHOD §1.6 as written, which collapses (the stability study, docs/NOTES.md).
-    temperature_input: what `w_T` reads: 'raw' `M_U` (METHOD §1.6) or its
+      unbounded, docs/METHOD.md as written, which collapses (the stability study, docs/NOTES.md).
+    temperature_input: what `w_T` reads: 'raw' `M_U` (docs/METHOD.md) or its
       'unit'-norm direction. Adam moves `w_T·M_U` by up to lr·‖M_U‖₁ per step,
       so on the raw `M_U` T reached the bound within 30 steps at lr 5e-3 and
       the saturated tanh then passed no gradient to T, κ or ū; with T pinned
@@ -111,7 +111,7 @@ def causal_mixing_weights(queries: jax.Array, keys: jax.Array, mask: jax.Array) 
 
 def calibration_temperature(base_logit: jax.Array, kappa: jax.Array, u_bar: jax.Array,
                             t_max: float = 0.0) -> jax.Array:
-    """`T = 1 + s`, `s = softplus(w_T·M_U + b_T) + softplus(κ)·ū` (METHOD §1.6), strictly increasing in ū.
+    """`T = 1 + s`, `s = softplus(w_T·M_U + b_T) + softplus(κ)·ū` (docs/METHOD.md), strictly increasing in ū.
 
     With `t_max > 1`, s is softly bounded: `T = 1 + (t_max − 1)·tanh(s / (t_max − 1))`,
     equal to the unbounded form to first order near T = 1 and below t_max always.
@@ -186,7 +186,7 @@ def _select_layers(hidden_states: jax.Array, layers: Sequence[int] | None) -> ja
 
 
 class UncertaintyModule(nn.Module):
-    """METHOD §1: guidance, token confidence, layer propagation, summary,
+    """docs/METHOD.md: guidance, token confidence, layer propagation, summary,
     decomposition, calibration temperature and representation weighting.
 
     pooling: 'last' | 'mean' (classification, returns c [B,d]) or 'token'
