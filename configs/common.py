@@ -49,8 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.um.num_tasks = 1             # rows of the task-embedding table
     c.model.um.temperature_bias_init = -4.0   # b_T at init (T starts ~1.02)
     c.model.um.kappa_init = -4.0         # κ at init
-    c.model.um.temperature_max = 3.0     # soft bound of T; 0 = unbounded METHOD form (collapses, docs/METHOD_IMPL.md)
-    c.model.um.temperature_input = "unit"  # what w_T reads: unit = M_U's direction (default; seed 2 collapsed with raw) | raw M_U (METHOD); docs/METHOD_IMPL.md dev. 13
+    c.model.um.temperature_max = 3.0     # soft bound of T; 0 = unbounded METHOD form (collapses, docs/METHOD.md)
+    c.model.um.temperature_input = "unit"  # what w_T reads: unit = M_U's direction (default; seed 2 collapsed with raw) | raw M_U (METHOD); docs/METHOD.md dev. 13
     c.model.um.spread_eps = 1e-6
     # EMA branch (docs/METHOD.md; fields of umema_jax.memory.fusion.EMAConfig), used by lora+ema and full.
     c.model.ema = ml_collections.ConfigDict()
@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ema.tau0 = 1.0               # base retrieval temperature
     c.model.ema.d_u = 64                 # bottleneck of the query / gate / read projections
     c.model.ema.top_k = 3                # top slots reported per prediction
-    c.model.ema.retrieval = "cosine"     # cosine | dot (METHOD form; collapses to one-hot, docs/METHOD_IMPL.md)
+    c.model.ema.retrieval = "cosine"     # cosine | dot (METHOD form; collapses to one-hot, docs/METHOD.md)
     c.model.ema.retrieval_scale = 10.0   # cosine logit scale (fixed: bounds retrieval sharpness)
     c.model.ema.query_norm = True        # LayerNorm c and M_U before the query projection
     c.model.ema.mask_unwritten = True    # never-written (Xavier) slots get no retrieval weight

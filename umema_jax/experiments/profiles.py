@@ -33,7 +33,7 @@ class Method:
 
 
 LORA = Method("LoRA", ("lora",))
-# The UM temperature reads the unit direction of M_U (docs/METHOD_IMPL.md deviation 13; the config default):
+# The UM temperature reads the unit direction of M_U (docs/METHOD.md deviation 13; the config default):
 # with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (the stability study, docs/NOTES.md).
 # Spelled out so these runs are keyed apart from the raw-input runs made before the default changed.
 STABLE_UM = (("model.um.temperature_input", "unit"),)
@@ -208,7 +208,7 @@ def _cpu() -> Profile:
                     "2e-4, 5e-4)",
                     "10 epochs with early stopping (patience 3) on the task's primary dev metric, so that "
                     "LoRA's best dev epoch is not its last (at 4 epochs every run peaked at its last step)",
-                    "Ours, +UM and +EMA run with the stability deviations of docs/METHOD_IMPL.md (bounded "
+                    "Ours, +UM and +EMA run with the stability deviations of docs/METHOD.md (bounded "
                     "temperature, cosine retrieval over written slots, temperature on M_U's direction)",
                     "fig4 / fig5 at train size 200 and seed 0 only (compute); fig6 at seed 0",
                     "ALoRA scores ranks to first order in the gates (methods.alora.scoring=taylor: two backward "

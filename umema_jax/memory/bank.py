@@ -4,7 +4,7 @@ The bank is a buffer, not a parameter: a dict `{'keys' [J,d], 'values' [J,d],
 'pointer' [] int32, 'filled' [] int32}` stored in the Flax collection `memory`.
 `filled` counts written slots (saturating at J); FIFO order means slots
 `[0, filled)` hold written entries and the rest are still Xavier noise, which
-retrieval masks out (docs/METHOD_IMPL.md, "Stability"). Reads stop
+retrieval masks out (docs/METHOD.md, "Stability"). Reads stop
 gradients at the bank, writes are FIFO with `lax.dynamic_update_slice`, so the
 bank never has a cotangent and never needs optimizer state. Keeping the logic
 here (outside any module) lets the FIFO behaviour be tested on its own.

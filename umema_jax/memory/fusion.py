@@ -27,7 +27,7 @@ class EMAConfig:
     slots: J (paper: 256). tau0: base retrieval temperature τ0. d_u: bottleneck.
     top_k: how many top slots to report. axis_name: mesh axis when the bank
     write runs under shard_map/pmap (None under jit+sharding, where XLA reduces).
-    The stability settings (docs/METHOD_IMPL.md, "Stability"; each was an
+    The stability settings (docs/METHOD.md, "Stability"; each was an
     ablation row of the stability study): retrieval 'cosine' (norm-invariant, sharpness fixed
     by retrieval_scale) or 'dot' (docs/METHOD.md as written); query_norm: parameter-
     free LayerNorm on c and M_U before the query projection, so neither term

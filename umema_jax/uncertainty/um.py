@@ -8,7 +8,7 @@ the confidence-weighted representation. Everything is computed in float32
 over tokens is masked, so padded tokens never contribute.
 
 Maps from the hidden size `d` go straight to the bottleneck `d_u`, so the
-branch costs O(d·d_u) parameters (see docs/METHOD_IMPL.md for the count).
+branch costs O(d·d_u) parameters (see docs/METHOD.md for the count).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class UMConfig:
       so on the raw `M_U` T reached the bound within 30 steps at lr 5e-3 and
       the saturated tanh then passed no gradient to T, κ or ū; with T pinned
       at 3, `full` collapsed to the label prior in seed 2 (the stability study, docs/NOTES.md). 'unit'
-      is the default (docs/METHOD_IMPL.md, deviation 13).
+      is the default (docs/METHOD.md, deviation 13).
     """
     d_u: int = 64
     quant_levels: int = 8
