@@ -138,7 +138,10 @@ def test_no_table_uses_a_learning_rate_other_than_the_selected_one(tmp_path):
 def test_cells_say_what_is_missing_and_baselines_fill_in_when_implemented(tmp_path):
     ctx = choose(tmp_path)
     cells = TARGETS["table5"].cells(ctx)
-    cell = next(c for c in cells if c.labels == {"backbone": "SmolLM2-135M", "method": "LoRA",
+    central = next(c for c in cells if c.labels == {"backbone": "SmolLM2-135M", "method": "LoRA",
+                                                     "dataset": "SemEval", "size": "n=1000"})
+    assert [dict(s.overrides)["seed"] for s in central.specs] == [0, 1, 2, 3, 4]   # the central comparison
+    cell = next(c for c in cells if c.labels == {"backbone": "SmolLM2-135M", "method": P.UM.label,
                                                   "dataset": "SemEval", "size": "n=1000"})
     assert len(cell.specs) == 3
     assert A.summarise(cell, ctx.root).text() == "– (0/3 runs)"
@@ -204,8 +207,8 @@ def test_claim_verdicts_use_paired_seeds_and_holm():
 
 def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
     ctx = choose(tmp_path)
-    accs = {"lora": [0.30, 0.31, 0.32], "lora+um": [0.33, 0.34, 0.35], "lora+ema": [0.31, 0.30, 0.32],
-            "full": [0.40, 0.41, 0.42]}
+    accs = {"lora": [0.30, 0.31, 0.32, 0.29, 0.33], "lora+um": [0.33, 0.34, 0.35], "lora+ema": [0.31, 0.30, 0.32],
+            "full": [0.40, 0.41, 0.42, 0.39, 0.43]}          # LoRA and Ours: the central comparison's 5 seeds
     for c in TARGETS["table5"].cells(ctx):
         if c.labels["dataset"] == "SemEval" and c.labels["size"] == "n=1000":
             for s in c.specs:
@@ -213,7 +216,7 @@ def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
                                                     test_posthoc_ts={"ece": 0.01, "nll": 1.0, "brier": 0.5}))
     pipeline.render(ctx, ["table5", "table7", "table3"], log=lambda m: None)
     md = (tmp_path / "out" / "table5.md").read_text()
-    assert "| SmolLM2-135M | Ours (LoRA+UM+EMA) |" in md and "41.00 ± 1.00" in md
+    assert "| SmolLM2-135M | Ours (LoRA+UM+EMA) |" in md and "41.00 ± 1.58 |" in md
     assert "– (0/3 runs)" in md                       # 20News and the smaller sizes are not computed yet
     side = json.loads((tmp_path / "out" / "table5.json").read_text())
     cell = next(c for c in side["cells"] if c["labels"]["method"] == "+UM" and c["labels"]["size"] == "n=1000"
@@ -239,7 +242,7 @@ def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
     profile = t3.split("Each method on SemEval")[1].split("## Claims")[0]
     assert "| backbone | method | lr | Acc | ECE | NLL | ECE after TS | NLL after TS | trainable params | " \
         "s / epoch |" in profile
-    assert "| SmolLM2-135M | LoRA | 0.0002 | 31.00 ± 1.00 | 10.00 ± 0.00 | 1.5000 ± 0.0000 | 1.00 ± 0.00 | " \
+    assert "| SmolLM2-135M | LoRA | 0.0002 | 31.00 ± 1.58 | 10.00 ± 0.00 | 1.5000 ± 0.0000 | 1.00 ± 0.00 | " \
         "1.0000 ± 0.0000 | 100 ± 0 | 30 ± 0 |" in profile
     assert "| SmolLM2-135M | LISA | – | not implemented |" in profile
     assert "of 6 comparisons" in t3                  # C5: Ours vs LoRA in 2 datasets x 3 sizes, accuracy part only
@@ -381,7 +384,7 @@ def test_dry_run_lists_lr_selection_first_with_time_and_memory(tmp_path):
     # table5 holds adapter-family methods only: it waits for the LoRA grid, not the full-weight one
     assert sum(r["status"] == "todo" for r in rows) == len(cpu.lr_grid)
     assert all(r["run"].split("_")[2] == "lora" for r in rows if r["status"] == "todo")
-    assert sum(r["status"] == "pending LR" for r in rows) == 4 * 2 * 3 * 3 - 1   # one coincides with lr_select's
+    assert sum(r["status"] == "pending LR" for r in rows) == 4 * 2 * 3 * 3 - 1 + 2 * 2   # one coincides with lr_select's; LoRA, Ours 5 seeds
     seeds = [int(re.search(r"_s(\d+)_lr", r["run"]).group(1)) for r in rows if r["status"] == "pending LR"]
     assert seeds == sorted(seeds)                  # seed-major: a stopped target has whole seeds
     sem = next(r for r in rows if r["run"].startswith("semeval_smollm2-135m_full_n1000_s0"))

@@ -87,7 +87,7 @@ def train_cell(ctx: Context, labels: dict, backbone: P.Backbone, dataset: str, m
                seeds=None, lr: float | None = None, metric: str = "test.{primary}", extra: tuple = ()) -> Cell:
     """A cell of `method` on `dataset`: one run per seed at the chosen (or given) LR, or a status."""
     p = ctx.profile
-    seeds = p.seeds if seeds is None else seeds
+    seeds = p.seeds_for(method, dataset, size) if seeds is None else seeds
     setup = p.dataset(dataset)
     if setup is None:
         return Cell(labels, metric=metric, status=A.NOT_IN_PROFILE)
