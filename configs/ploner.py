@@ -9,7 +9,7 @@ Run time not measured yet: the runner estimates 1 h 50 min on one core of a 2-co
 (`python -m umema_jax.experiments table6 --profile=cpu --only=dataset=ploner,size=1000,seed=0,method=lora
 --dry_run`); no result yet.
 """
-from configs.common import base_config
+from umema_jax.defaults import base_config
 
 
 def get_config():

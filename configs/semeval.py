@@ -15,7 +15,7 @@ Measured (LoRA, seed 0, `results/cpu/runs/semeval_smollm2-135m_lora_n1000_s0_lr0
 test accuracy 65.99 %, ECE 21.26 % (2.08 % after post-hoc temperature scaling), best dev epoch 9 of 10;
 1 h 28 min on one core of a 2-core Intel Xeon with another run on the other core.
 """
-from configs.common import base_config
+from umema_jax.defaults import base_config
 
 
 def get_config():

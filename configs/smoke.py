@@ -7,7 +7,7 @@ accuracy is chance: it checks the plumbing, not the method).
 """
 import os
 
-from configs.common import base_config
+from umema_jax.defaults import base_config
 
 _FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "tests", "fixtures", "data")

@@ -14,7 +14,8 @@ import pytest
 from umema_jax.adapters.lora import LoraConfig
 from umema_jax.backbones import get_backbone_config
 from umema_jax.memory.fusion import EMAConfig
-from umema_jax.model import UmemaModel, extra_param_counts, init_variables, make_model
+from umema_jax import methods
+from umema_jax.model import UmemaModel, extra_param_counts, init_variables
 from umema_jax.uncertainty.um import UMConfig, last_valid_token
 
 TINY = get_backbone_config("gpt2-tiny").replace(vocab_size=97)
@@ -36,9 +37,16 @@ def _batch(seed=0, bsz=4, n=9, ner=False):
 
 
 def _model(method, backbone=TINY, **kw):
-    """A tiny GPT-2 (vocab 97) model with small UM/EMA sizes."""
+    """A tiny GPT-2 (vocab 97) model of the paper's variant `method`, with small UM/EMA sizes."""
     kw.setdefault("task_type", "cls")
-    return UmemaModel(backbone, LoraConfig(rank=4), method=method, num_labels=3, um_cfg=UM, ema_cfg=EMA, **kw)
+    cls = methods.get(method)
+    return UmemaModel(backbone, LoraConfig(rank=4), num_labels=3, um_cfg=UM if cls.use_um else None,
+                      ema_cfg=EMA if cls.use_ema else None, **kw)
+
+
+def make_model(config, backbone_cfg=None):
+    """The model `config.model.method` builds (the method decides the components)."""
+    return methods.get(config.model.method)(None).make_model(config, backbone_cfg)
 
 
 def _perturb_lora(variables):
@@ -216,7 +224,7 @@ def test_no_gradient_reaches_the_bank(full_cls):
 def test_um_and_ema_add_at_most_one_percent_of_backbone_params():
     counts = {}
     for name in ("gpt2", "smollm2-135m", "llama3-8b"):
-        c = extra_param_counts(name, method="full", um_cfg=UMConfig(), ema_cfg=EMAConfig())
+        c = extra_param_counts(name, um_cfg=UMConfig(), ema_cfg=EMAConfig())
         counts[name] = c
         ratio = (c["um"] + c["ema"]) / c["backbone"]
         print(f"{name}: backbone={c['backbone']:,} um={c['um']:,} ema={c['ema']:,} "
@@ -236,12 +244,14 @@ def test_make_model_reads_the_config():
         um=dict(d_u=16, quant_levels=4, layers=[0, -1]), ema=dict(slots=32, tau0=0.5)))
     c.task = ml_collections.ConfigDict(dict(type="ner", num_labels=5))
     m = make_model(c)
-    assert (m.method, m.pooling, m.task_type, m.num_labels) == ("lora+um", "mean", "ner", 5)
+    assert (m.pooling, m.task_type, m.num_labels) == ("mean", "ner", 5)
     assert m.lora_cfg.rank == 4 and m.lora_cfg.scale == 2.0 and m.lora_cfg.target_regex is None
     assert m.um_cfg == UMConfig(d_u=16, quant_levels=4, layers=(0, -1))
-    assert m.ema_cfg.slots == 32 and m.ema_cfg.tau0 == 0.5
+    assert m.ema_cfg is None                         # lora+um builds no memory
+    c.model.method = "full"
+    assert make_model(c).ema_cfg.slots == 32 and make_model(c).ema_cfg.tau0 == 0.5
     with pytest.raises(ValueError):
-        UmemaModel(TINY, method="lora+mem").init(jax.random.PRNGKey(0), _batch())
+        methods.get("lora+mem")
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
@@ -291,15 +301,15 @@ def test_two_device_sharded_batch_writes_the_same_slot():
 
 def test_every_um_and_ema_setting_is_a_config_key_with_the_dataclass_default():
     """`--config.model.um.X` / `--config.model.ema.X` work for every field, and the
-    defaults shown in configs/common.py are the ones the branches use."""
+    defaults shown in umema_jax/defaults.py are the ones the branches use."""
     import dataclasses
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     c = base_config()
     for section, cls in ((c.model.um, UMConfig), (c.model.ema, EMAConfig)):
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
         assert set(section.keys()) == set(fields), cls.__name__
     c.task = {"type": "cls", "num_labels": 3}
-    c.model.name = "gpt2-tiny"
+    c.model.name, c.model.method = "gpt2-tiny", "full"
     assert make_model(c).um_cfg == UMConfig() and make_model(c).ema_cfg == EMAConfig()
     c.model.um.temperature_max = 2.0
     c.model.um.layers = (0, -1)

@@ -94,7 +94,10 @@ def _experiment(method: str, ema: EMAConfig, um: UMConfig, seed: int = 0):
     """Real UmemaModel (tiny random GPT-2, LoRA r=4) on a learnable synthetic task."""
     from umema_jax.train.loop import Experiment
     from umema_jax.train.state import split_params
-    model = UmemaModel(TINY, LoraConfig(rank=4), method=method, num_labels=3, um_cfg=um, ema_cfg=ema)
+    from umema_jax import methods
+    cls = methods.get(method)
+    model = UmemaModel(TINY, LoraConfig(rank=4), num_labels=3, um_cfg=um if cls.use_um else None,
+                       ema_cfg=ema if cls.use_ema else None)
     variables = init_variables(model, jax.random.PRNGKey(seed), batch_shape=(2, 12))
     trained, frozen = split_params(variables["params"], r"^(head|um|ema)/")
     enc = {s: synthetic_encoded(k, seed=i, last_token=True) for i, (s, k) in enumerate(

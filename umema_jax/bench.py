@@ -172,10 +172,10 @@ def _stats(times: list[float]) -> dict:
 
 
 def method_config(method: str, hp: str = ""):
-    """The root config a method is instantiated with: the defaults of `configs/common.py` (its
+    """The root config a method is instantiated with: the defaults of `umema_jax/defaults.py` (its
     `methods.<name>` section) plus this benchmark's flags and optimizer settings; `hp` ('key=value,...')
     overrides the method's hyper-parameters (`--methods_to_compare=lisa,lisa:form=simple+gamma=4`)."""
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     c = base_config()
     for item in filter(None, hp.split("+")):
         key, sep, value = item.partition("=")
@@ -192,20 +192,11 @@ def method_config(method: str, hp: str = ""):
     return c
 
 
-def model_view(method: str, cpu_matmul: str = "", hp: str = ""):
-    """The root-config view that `umema_jax.model.make_model` reads (`cpu_matmul` '' = --cpu_matmul)."""
-    from umema_jax.train.build import model_config_view
-    c = method_config(method, hp)
-    c.model.cpu_matmul = cpu_matmul or _CPU_MATMUL.value
-    return model_config_view(c, _TASK.value, _NUM_LABELS.value)
-
-
-def bench_method(method: str, hp: str = ""):
-    """The method object (umema_jax/methods) with its default hyper-parameters (or `hp`) and the benchmark's flags."""
-    from umema_jax import methods   # imported late: jax must not start before XLA_FLAGS are set
-    c = method_config(method, hp)
-    meth = methods.from_config(c)
-    return meth
+def methods_from_config(config):
+    """The method object (umema_jax/methods) for `config` (imported late: jax must not start before
+    XLA_FLAGS are set)."""
+    from umema_jax import methods
+    return methods.from_config(config)
 
 
 def rows_of(batch: dict, rows: int) -> dict:
@@ -233,56 +224,42 @@ class Runner:
 
     def __init__(self, method: str, mesh, shared: dict):
         import jax
-        import jax.numpy as jnp
-        from umema_jax.model import init_variables
-        from umema_jax.train import sharding as shd
-        from umema_jax.train.state import cast_tree, count_params, create_train_state
-        from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+        from umema_jax.train.assemble import assemble_steps, build_setup
+        from umema_jax.train.state import count_params
 
         self.label = method                 # "lora", "lora/xla" (a matmul path), "lisa:form=simple" (hyper-params)
         named, _, matmul = method.partition("/")
         self.method, _, hp = named.partition(":")
         backbone_cfg, weights = shared["backbone"]
-        impl = bench_method(self.method, hp)
-        model = impl.make_model(model_view(self.method, matmul, hp), backbone_cfg)
-        self.cpu_matmul = model.cpu_matmul
-        self.lora_cfg = model.lora_cfg
+        config = method_config(self.method, hp)
+        config.model.cpu_matmul = matmul or _CPU_MATMUL.value
+        impl = methods_from_config(config)
+        # Exactly the assembly training uses (train/assemble.py): the timed step is the trained step.
+        setup = build_setup(config, impl, _TASK.value, _NUM_LABELS.value, backbone_cfg, weights,
+                            frozen_dtype=_FROZEN_DTYPE.value or _DTYPE.value)
+        self.cpu_matmul = setup.model.cpu_matmul
+        self.lora_cfg = setup.model.lora_cfg
         self.full_weight = impl.family == "full_weight"
-        variables = init_variables(model, jax.random.PRNGKey(_SEED.value))
-        params = dict(variables["params"])
-        if weights is not None:
-            params["backbone"] = jax.tree.map(jnp.asarray, weights)
-        trained, frozen = impl.split(params)
-        self.total_params = count_params(params) + count_params(variables.get("lora", {}))   # the model's own
-        del params, variables["params"]
-        frozen = cast_tree(frozen, jnp.dtype(_FROZEN_DTYPE.value or _DTYPE.value))
-        trainable = impl.init_trainable({"lora": variables.get("lora", {}), "params": trained})
-        tx, schedule = impl.optimizer(1_000_000)
-        rules = shd.FSDP_RULE_SETS["default"]
-        frozen_sh = shd.named(mesh, shd.tree_specs(frozen, rules, mesh))
-        # Every method has the same frozen backbone (same seed): share one copy across runners.
-        key = jax.tree.structure(frozen), tuple((x.shape, x.dtype) for x in jax.tree.leaves(frozen))
-        if shared.get("frozen_key") == key:
-            frozen = shared["frozen"]
-        else:
-            frozen = jax.device_put(frozen, frozen_sh)
-            shared.update(frozen_key=key, frozen=frozen)
-        self.frozen = frozen
-        state = create_train_state(trainable, variables.get("memory", {}), tx, _SEED.value, impl)
-        state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
-        self.state_sh = state_sh
-        self.state = jax.device_put(state, state_sh)
+        self.total_params = count_params(setup.params) + count_params(setup.lora)   # the model's own
+        # Every method has the same frozen backbone (same seed): share one placed copy across runners.
+        key = jax.tree.structure(setup.frozen), tuple((x.shape, x.dtype) for x in jax.tree.leaves(setup.frozen))
+        shared_frozen = shared.get("frozen") if shared.get("frozen_key") == key else None
+        steps = assemble_steps(setup, impl, task_type=_TASK.value, total_steps=1_000_000,
+                               grad_accum_steps=_GRAD_ACCUM.value, seed=_SEED.value, mesh=mesh,
+                               placed_frozen=shared_frozen)
+        shared.update(frozen_key=key, frozen=steps.frozen)
+        self.frozen, self.state, self.state_sh = steps.frozen, steps.state, steps.state_sharding
+        trainable = setup.trainable
+        del setup
         self.rows = impl.step_rows(_BATCH.value)   # SplitLoRA (parallel): N clients x ceil(B / N), as it trains
         batch = shared["batch"] if self.rows == _BATCH.value else rows_of(shared["batch"], self.rows)
+        from umema_jax.train import sharding as shd
         self.batch = shd.put_batch(batch, mesh)
-        train_fn = jit_train_step(make_train_step(model, tx, schedule, _TASK.value, _GRAD_ACCUM.value, method=impl),
-                                  state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
-        # Exactly as train/loop.py builds them.
-        eval_fn = jit_eval_step(make_eval_step(model, _TASK.value, method=impl), state_sh, frozen_sh,
-                                shd.batch_sharding(mesh), shd.replicated(mesh))
+        train_fn, eval_fn = steps.train_step, steps.eval_step
+        self.train_step = train_fn          # the jitted step training runs (tests compare their jaxprs)
         # Host hooks run as in training (LISA's resample), except those that follow a data plan (the
         # federated schedules override `train_batches`): the benchmark has no data, only the step is timed.
-        from umema_jax.methods.base import Controller, Method
+        from umema_jax.train.method import Controller, Method
         plan = type(impl).train_batches is not Method.train_batches
         self.controller = Controller(impl, 1_000_000, 1_000_000) if plan else impl.controller(1_000_000, 1_000_000)
         self.steps_taken = 0

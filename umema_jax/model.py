@@ -1,12 +1,12 @@
 """UmemaModel: frozen backbone + LoRA + UM + EMA + task head (docs/CONTRACTS.md, docs/METHOD.md).
 
-`method` names a registered training method (umema_jax/methods, docs/METHODS.md);
-the model reads only its `use_um` / `use_ema` flags. The paper's variants:
-  lora      backbone+LoRA, pooled summary, head
-  lora+um   + UM branch (confidence-weighted summary, calibration temperature T)
-  lora+ema  + EMA bank (ū = 0, M_U left out of the query), T = 1
-  full      LoRA + UM + EMA (the paper's method; not full fine-tuning, which is
-            the `full_ft` method: no adapter, every weight trained)
+The model takes its components explicitly and knows no training method: `lora_cfg`
+(None = no adapter), `um_cfg` (None = no UM branch) and `ema_cfg` (None = no memory).
+A training method (umema_jax/methods) decides which it builds. The paper's variants:
+  LoRA        lora_cfg                       pooled summary, head
+  +UM         lora_cfg, um_cfg               confidence-weighted summary, calibration temperature T
+  +EMA        lora_cfg, ema_cfg              memory bank (ū = 0, M_U left out of the query), T = 1
+  LoRA+UM+EMA all three                      the paper's method
 
 Variables: `params` {backbone, head, um, ema}, `lora` {backbone: <init_lora tree>},
 `memory` {keys [J,d], values [J,d], pointer [], filled []} (EMA variants only).
@@ -32,10 +32,6 @@ from umema_jax.memory.bank import confidence_weighted_moments, write_moments
 from umema_jax.memory.fusion import EMAConfig, MemoryFusion
 from umema_jax.uncertainty.um import UMConfig, UncertaintyModule, last_valid_token, masked_mean
 
-from umema_jax import methods as _methods
-
-# name -> (use_um, use_ema) for every registered method
-METHODS = {name: (cls.use_um, cls.use_ema) for name, cls in _methods.REGISTRY.items()}
 TASK_TYPES = ("cls", "ner")
 POOLINGS = ("last", "mean")
 
@@ -59,13 +55,6 @@ class ModelOutput:
     internals: dict = struct.field(default_factory=dict)
 
 
-def method_flags(method: str) -> tuple[bool, bool]:
-    """(use_um, use_ema) for a method name."""
-    if method not in METHODS:
-        raise ValueError(f"model.method must be one of {sorted(METHODS)}, got {method!r}")
-    return METHODS[method]
-
-
 class UmemaModel(nn.Module):
     """Call: `model.apply(variables, batch, train=False, rngs={'dropout': k}, mutable=['memory'])`.
 
@@ -78,26 +67,25 @@ class UmemaModel(nn.Module):
     summed `internals` once per mini-batch, also under gradient accumulation).
     """
     backbone_cfg: BackboneConfig
-    lora_cfg: Any = None                 # adapters.lora.LoraConfig | None
-    method: str = "full"
+    lora_cfg: Any = None                 # adapters.lora.LoraConfig | None (no adapter)
     task_type: str = "cls"
     num_labels: int = 2
     pooling: str = "last"
-    um_cfg: UMConfig = UMConfig()
-    ema_cfg: EMAConfig = EMAConfig()
+    um_cfg: UMConfig | None = None       # the UM branch (None: none)
+    ema_cfg: EMAConfig | None = None     # the memory bank and its fusion (None: none)
     dtype: Any = jnp.float32
     remat: bool = False                  # rematerialise backbone layers in the backward pass
     cpu_matmul: str = "xla"              # backbone Dense products: "xla" | "onednn" (make_model resolves "auto")
     span: tuple | None = None            # (c, L): the server part of split learning, fed `batch['hidden_in']`
 
     def setup(self):
-        use_um, use_ema = method_flags(self.method)
+        use_um, use_ema = self.um_cfg is not None, self.ema_cfg is not None
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.span is not None and (use_um or use_ema):
-            raise ValueError(f"a split model part (span={self.span}) is plain LoRA: method {self.method!r} has UM/EMA")
+            raise ValueError(f"a split model part (span={self.span}) is plain LoRA: it cannot have UM or EMA")
         self.backbone = build_backbone(self.backbone_cfg, lora=self.lora_cfg, dtype=self.dtype, remat=self.remat,
                                        matmul=self.cpu_matmul, span=self.span)
         if use_um:
@@ -115,7 +103,7 @@ class UmemaModel(nn.Module):
                              dtype=None, param_dtype=jnp.float32)
 
     def __call__(self, batch: Mapping[str, Any], train: bool = False, write_memory: bool = True) -> ModelOutput:
-        use_um, use_ema = method_flags(self.method)
+        use_um, use_ema = self.um_cfg is not None, self.ema_cfg is not None
         ner = self.task_type == "ner"
         input_ids = jnp.asarray(batch["input_ids"]).astype(jnp.int32)
         bsz, _ = input_ids.shape
@@ -200,7 +188,7 @@ def init_variables(model: UmemaModel, rng: jax.Array, batch_shape: tuple[int, in
     """{'params', 'lora' (if model.lora_cfg), 'memory' (EMA variants)}.
 
     The same rng gives the same backbone, head, UM/EMA and LoRA factors for every
-    `method`, so variants can be compared at step 0. LoRA factors come from
+    variant, so variants can be compared at step 0. LoRA factors come from
     `adapters.lora.init_lora` (B = 0) and sit under `lora/backbone/...`.
     With `backbone_params` (e.g. loaded weights) the backbone is not randomly
     initialised at all — only the missing head/um/ema params and the bank are
@@ -229,11 +217,13 @@ def _get(section, key, default):
     return section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
 
 
-def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel:
-    """UmemaModel from the root ConfigDict.
+def make_model(config, backbone_cfg: BackboneConfig | None = None, *, use_lora: bool, use_um: bool,
+               use_ema: bool) -> UmemaModel:
+    """UmemaModel from the root ConfigDict, with the components a training method asks for
+    (`umema_jax.methods`: `Method.make_model` passes its own flags).
 
     Reads `model.name` (→ `get_backbone_config`, unless `backbone_cfg` is given,
-    e.g. from a weight loader), `model.method`, `model.pooling`,
+    e.g. from a weight loader), `model.pooling`,
     `model.lora.{rank,alpha,dropout,target_regex}` ('' = arch default),
     `model.um.*` → UMConfig fields (d_u, quant_levels, layers, num_tasks, ...),
     `model.ema.*` → EMAConfig fields (slots, tau0, d_u, top_k, axis_name),
@@ -246,7 +236,7 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel
     m = config.model
     if backbone_cfg is None:
         backbone_cfg = get_backbone_config(m.name)
-    lora_section = _get(m, "lora", None)
+    lora_section = _get(m, "lora", None) if use_lora else None
     lora_cfg = None
     if lora_section is not None:
         target = _get(lora_section, "target_regex", None) or None
@@ -259,9 +249,10 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None) -> UmemaModel
     if "axis_name" in ema_kwargs:    # '' = None
         ema_kwargs["axis_name"] = ema_kwargs["axis_name"] or None
     return UmemaModel(
-        backbone_cfg=backbone_cfg, lora_cfg=lora_cfg, method=str(m.method),
+        backbone_cfg=backbone_cfg, lora_cfg=lora_cfg,
         task_type=str(config.task.type), num_labels=int(config.task.num_labels),
-        pooling=str(_get(m, "pooling", "last")), um_cfg=UMConfig(**um_kwargs), ema_cfg=EMAConfig(**ema_kwargs),
+        pooling=str(_get(m, "pooling", "last")), um_cfg=UMConfig(**um_kwargs) if use_um else None,
+        ema_cfg=EMAConfig(**ema_kwargs) if use_ema else None,
         dtype=jnp.dtype(str(_get(m, "dtype", "float32"))), remat=bool(_get(m, "remat", False)),
         cpu_matmul=resolve(str(_get(m, "cpu_matmul", "auto"))))
 
@@ -270,15 +261,13 @@ def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
 
 
-def extra_param_counts(backbone_name_or_cfg, method: str = "full", task_type: str = "cls",
-                       num_labels: int = 2, um_cfg: UMConfig = UMConfig(),
-                       ema_cfg: EMAConfig = EMAConfig()) -> dict:
+def extra_param_counts(backbone_name_or_cfg, task_type: str = "cls", num_labels: int = 2,
+                       um_cfg: UMConfig | None = UMConfig(), ema_cfg: EMAConfig | None = EMAConfig()) -> dict:
     """Parameter counts from shapes only (`jax.eval_shape`, no weights materialised):
     {'backbone', 'um', 'ema', 'head', 'memory'(buffer elements, not params)}."""
     cfg = get_backbone_config(backbone_name_or_cfg) if isinstance(backbone_name_or_cfg, str) \
         else backbone_name_or_cfg
-    model = UmemaModel(backbone_cfg=cfg, method=method, task_type=task_type, num_labels=num_labels,
-                       um_cfg=um_cfg, ema_cfg=ema_cfg)
+    model = UmemaModel(backbone_cfg=cfg, task_type=task_type, num_labels=num_labels, um_cfg=um_cfg, ema_cfg=ema_cfg)
     batch = dummy_batch((1, 4))
     shapes = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, batch, train=False),
                             jax.random.PRNGKey(0))
@@ -292,5 +281,5 @@ def extra_param_counts(backbone_name_or_cfg, method: str = "full", task_type: st
             "memory": count_params(shapes.get("memory", {}))}
 
 
-__all__ = ["METHODS", "ModelOutput", "UmemaModel", "count_params", "dummy_batch", "extra_param_counts",
-           "init_variables", "make_model", "method_flags"]
+__all__ = ["ModelOutput", "UmemaModel", "count_params", "dummy_batch", "extra_param_counts", "init_variables",
+           "make_model"]

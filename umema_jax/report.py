@@ -4,7 +4,7 @@
     python -m umema_jax.report runs/semeval_* --out=docs/results_semeval.md --json=summary.json
     python -m umema_jax.report runs/a runs/b --telemetry=docs/telemetry.png   # branch curves (metrics.jsonl)
 
-Rows are relative to the first run whose method is `lora` (step time ratio and
+Rows are relative to the first run of the `--baseline` method (LoRA by default: step time ratio and
 extra parameters), so an ablation sweep reads as "what each branch costs and buys".
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ _OUT = flags.DEFINE_string("out", "", "Also write the markdown table to this fil
 _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON to this file.")
 _TELEMETRY = flags.DEFINE_string("telemetry", "", "Write the UM/EMA telemetry curves of the runs "
                                  "(their metrics.jsonl; finished or not) to this PNG instead of a table.")
+_BASELINE = flags.DEFINE_string("baseline", "lora", "The method (model.method) the rows are relative to.")
 _LABELS = flags.DEFINE_list("labels", [], "Names of the runs in the telemetry legend, one per RUN_DIR "
                             "(default: the directory names).")
 
@@ -31,7 +32,7 @@ def load_run(workdir: str) -> dict:
         return json.load(f)
 
 
-def summarise(results: list[dict]) -> list[dict]:
+def summarise(results: list[dict], baseline: str = "lora") -> list[dict]:
     """Flat rows: test metrics raw and after post-hoc TS, time per epoch, params; ratios vs LoRA."""
     rows = []
     for r in results:
@@ -48,7 +49,7 @@ def summarise(results: list[dict]) -> list[dict]:
             **{k: test[k] for k in test if k.startswith("auroc_error_")},
             "train_time_per_epoch_s": r.get("mean_train_time_per_epoch_s"),
         })
-    base = next((row for row in rows if row["method"] == "lora"), None)
+    base = next((row for row in rows if row["method"] == baseline), None)
     for row in rows:
         if base is not None:
             row["extra_params_vs_lora"] = row["trainable_params"] - base["trainable_params"]
@@ -112,7 +113,7 @@ def main(argv):
         print(telemetry_curves(runs, _TELEMETRY.value))
         return
     try:
-        rows = summarise([load_run(d) for d in dirs])
+        rows = summarise([load_run(d) for d in dirs], _BASELINE.value)
     except FileNotFoundError as err:
         print(f"report: error: {err}", file=sys.stderr)
         sys.exit(2)

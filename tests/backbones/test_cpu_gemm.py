@@ -151,7 +151,7 @@ def test_train_step_with_onednn_equals_xla(dtype="float32", tol=1e-5):
     from umema_jax.train.state import create_train_state, make_optimizer, split_params
     from umema_jax.train.step import jit_train_step, make_train_step
     from umema_jax.train import sharding as shd
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     rng = np.random.default_rng(4)
     batch = {"input_ids": rng.integers(0, 97, (4, 8)).astype(np.int32), "attention_mask": np.ones((4, 8), np.int32),
              "example_mask": np.ones((4,), np.int32), "task_id": np.zeros((4,), np.int32),
@@ -163,7 +163,7 @@ def test_train_step_with_onednn_equals_xla(dtype="float32", tol=1e-5):
             model=types.SimpleNamespace(name="gpt2-tiny", method="lora", pooling="last", dtype=dtype, cpu_matmul=matmul,
                                         lora=dict(rank=4, alpha=8.0), um={}, ema={}),
             task=types.SimpleNamespace(type="cls", num_labels=3))
-        model = make_model(view, cfg)
+        model = make_model(view, cfg, use_lora=True, use_um=False, use_ema=False)
         assert model.cpu_matmul == matmul
         variables = init_variables(model, jax.random.PRNGKey(0))
         trained, frozen = split_params(variables["params"], r"^(head|um|ema)/")
@@ -198,7 +198,8 @@ def test_resolve_choices_and_platforms():
 def test_validate_rejects_unknown_cpu_matmul():
     sys.path.insert(0, REPO)
     from configs.smoke import get_config
-    from umema_jax.train.validate import ConfigError, validate_config
+    from umema_jax.methods import validate_config
+    from umema_jax.train.validate import ConfigError
     c = get_config()
     c.model.cpu_matmul = "blas"
     with pytest.raises(ConfigError, match=r"model\.cpu_matmul='blas'"):
@@ -226,13 +227,13 @@ def test_fallback_without_the_library_runs_on_xla():
         cfg = get_backbone_config("gpt2-tiny")
         cpu_gemm.native_bf16_cpu = lambda: True      # a CPU where auto would choose oneDNN
         for _ in range(2):
-            model = make_model(view("auto"), cfg)
+            model = make_model(view("auto"), cfg, use_lora=True, use_um=False, use_ema=False)
         assert model.cpu_matmul == "xla", model.cpu_matmul
         v = init_variables(model, jax.random.PRNGKey(0))
         out = model.apply(v, {"input_ids": jnp.ones((1, 4), jnp.int32)})
         assert bool(jnp.all(jnp.isfinite(out.logits)))
         try:
-            make_model(view("onednn"), cfg)
+            make_model(view("onednn"), cfg, use_lora=True, use_um=False, use_ema=False)
         except RuntimeError as e:
             print("ERR", e)
     """)

@@ -7,9 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from configs.common import base_config, default_data_dir
+from umema_jax.defaults import base_config, default_data_dir
 from umema_jax.train.build import load_splits
-from umema_jax.train.validate import ConfigError, validate_config
+from umema_jax.methods import validate_config
+from umema_jax.train.validate import ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "data")
 SHARED = default_data_dir()

@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import base_config
+from umema_jax.defaults import base_config
 from umema_jax import methods
 from umema_jax.backbones.config import get_backbone_config
 from umema_jax.model import init_variables
-from umema_jax.train.build import model_config_view
+from umema_jax.train.assemble import model_config_view
 from umema_jax.train.state import create_train_state
 from umema_jax.train.step import make_train_step
 

@@ -12,10 +12,10 @@ import pytest
 from configs.smoke import get_config
 from umema_jax import methods
 from umema_jax.backbones import get_backbone_config
-from umema_jax.methods.alora import (ALoRA, ALoRAController, flat_gates, reallocate, round_steps,
-                                     scale_by_slot_adam, unflat_gates)
+from umema_jax.methods.alora import (ALoRA, ALoRAController, flat_gates, reallocate, round_steps, unflat_gates)
 from umema_jax.model import init_variables
-from umema_jax.train.build import model_config_view
+from umema_jax.train.state import CountedAdamState
+from umema_jax.train.assemble import model_config_view
 from umema_jax.train.state import create_train_state, make_optimizer
 from umema_jax.train.step import cross_entropy_sum, make_train_step, target_mask
 
@@ -273,7 +273,8 @@ def test_a_new_rank_preserves_the_function_and_takes_a_first_step_of_size_lr():
     added[0, RANK] = 1                                                  # layer 0, first free slot
     grown = method.grow(state, frozen, jnp.asarray(flat + added), jnp.asarray(added), jax.random.PRNGKey(5))
     np.testing.assert_array_equal(np.asarray(_logits(method, model, frozen, grown, batch)), np.asarray(before))
-    adam = grown.opt_state[1]
+    adam = next(x for x in jax.tree.leaves(grown.opt_state, is_leaf=lambda x: isinstance(x, CountedAdamState))
+                if isinstance(x, CountedAdamState))
     assert int(_c_attn(adam.count["lora"])["lora_b"][0, RANK, 0]) == 0 and int(_c_attn(adam.count["lora"])["lora_b"][0, 0, 0]) == 5
     assert not np.any(np.asarray(_c_attn(adam.mu["lora"])["lora_b"][0, RANK]))
     new_a = np.asarray(_c_attn(grown.trainable["lora"])["lora_a"][0, :, RANK])

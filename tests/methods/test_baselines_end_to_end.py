@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from configs.smoke import get_config as smoke_config
+from umema_jax import methods
 from umema_jax.methods.alora import round_steps
 from umema_jax.train.build import build_experiment
 from umema_jax.train.loop import train_and_evaluate
 from umema_jax.train.sharding import make_mesh
-from umema_jax.train.validate import validate_config
+from umema_jax.methods import validate_config
 
 
 def _records(workdir):
@@ -36,7 +37,7 @@ def test_smoke_run_logs_and_resumes_bit_identically(tmp_path, method):
     config.model.method = method
     config.train.max_to_keep = 20
     validate_config(config)
-    full = train_and_evaluate(config, str(tmp_path / "full"), build_experiment(config), make_mesh())
+    full = train_and_evaluate(config, str(tmp_path / "full"), build_experiment(config, methods.from_config(config)), make_mesh())
     total = full.steps                                   # 2 epochs of the fixture's train set (7 steps each)
     assert not full.stopped_early and total > 8 and np.isfinite(full.test["loss"])
     recs = _records(tmp_path / "full")
@@ -54,7 +55,7 @@ def test_smoke_run_logs_and_resumes_bit_identically(tmp_path, method):
         assert all(r["alora/total_rank"] <= 2 * 8 for r in rounds)          # GPT-2 tiny: 2 modules x r = 8
     crash = 8                                                                  # ALoRA: after 4 of its 8 rounds
     _crash_after(tmp_path / "full", tmp_path / "part", crash)
-    resumed = train_and_evaluate(config, str(tmp_path / "part"), build_experiment(config), make_mesh())
+    resumed = train_and_evaluate(config, str(tmp_path / "part"), build_experiment(config, methods.from_config(config)), make_mesh())
     assert resumed.dev == full.dev and resumed.test == full.test
     np.testing.assert_array_equal(resumed.predictions["test"]["probs"], full.predictions["test"]["probs"])
     assert _records(tmp_path / "part") == recs

@@ -8,6 +8,7 @@ import pytest
 
 from configs.smoke import get_config
 from tests.train.standins import killed_after
+from umema_jax import methods
 from umema_jax.train.build import build_experiment
 from umema_jax.train.loop import train_and_evaluate
 from umema_jax.train.sharding import make_mesh
@@ -31,10 +32,10 @@ def test_trains_and_resumes_mid_round_to_identical_results(tmp_path, method, ove
     config.train.max_to_keep = 20
     config.data.pad_to_multiple = 64                         # one batch shape: one compile per step function
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    full = train_and_evaluate(config, str(full_dir), build_experiment(config), make_mesh())
+    full = train_and_evaluate(config, str(full_dir), build_experiment(config, methods.from_config(config)), make_mesh())
     assert full.steps == 12 if method == "splitlora" else full.steps == 36
     killed_after(full_dir, cut_after, part_dir)
-    resumed = train_and_evaluate(config, str(part_dir), build_experiment(config), make_mesh())
+    resumed = train_and_evaluate(config, str(part_dir), build_experiment(config, methods.from_config(config)), make_mesh())
     assert resumed.test == full.test and resumed.dev == full.dev
     assert resumed.method_state == full.method_state             # end-of-training host state, for results.json
     if method == "splitlora":                                    # the whole run's traffic, not the best step's

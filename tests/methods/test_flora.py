@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.common import base_config
+from umema_jax.defaults import base_config
 from umema_jax.backbones import get_backbone_config
 from umema_jax.methods.flora import FLoRA, stack_clients
 from umema_jax.model import init_variables
-from umema_jax.train.build import model_config_view
+from umema_jax.train.assemble import model_config_view
 from umema_jax.train.state import create_train_state, split_params
 
 

@@ -3,11 +3,12 @@ import json
 
 import pytest
 
-from configs.common import base_config
+from umema_jax.defaults import base_config
 from umema_jax import methods
 from umema_jax.experiments import profiles as P
 from umema_jax.train.checkpoint import config_identity
-from umema_jax.train.validate import ConfigError, validate_config
+from umema_jax.methods import validate_config
+from umema_jax.train.validate import ConfigError
 
 
 def test_every_registered_method_is_selectable_and_its_hyperparameters_are_config_keys():
@@ -59,16 +60,16 @@ def test_branch_settings_decide_identity_only_for_methods_that_build_the_branch(
     a, b = base_config(), base_config()
     b.model.um.temperature_max = 7.0
     b.model.ema.slots = 8
-    assert config_identity(a) == config_identity(b)                      # lora builds neither branch
+    identity = lambda c: config_identity(c, methods.unused_config_prefixes(c.model.method))   # noqa: E731
+    assert identity(a) == identity(b)                                    # lora builds neither branch
     for method, differs in (("lora+um", "model.um."), ("lora+ema", "model.ema."), ("full", "model.")):
         a.model.method = b.model.method = method
-        diff = {k for k in set(config_identity(a)) | set(config_identity(b))
-                if config_identity(a).get(k) != config_identity(b).get(k)}
+        diff = {k for k in set(identity(a)) | set(identity(b)) if identity(a).get(k) != identity(b).get(k)}
         assert diff and all(k.startswith(differs) for k in diff), (method, diff)
 
 
 def test_full_ft_trains_end_to_end_on_the_smoke_config(tmp_path):
-    from launch import run_config
+    from umema_jax.run import run_config
     from configs.smoke import get_config
     config = get_config()
     config.model.method = "full_ft"

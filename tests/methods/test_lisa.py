@@ -12,6 +12,7 @@ import pytest
 
 from tests.methods.helpers import flat, method_setup, random_batch
 from tests.train.standins import killed_after
+from umema_jax import methods
 from umema_jax.backbones.config import get_backbone_config
 from umema_jax.methods.lisa import block_adam_state, sample_layers
 
@@ -276,7 +277,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, form
     config.train.checkpoint_every_steps = 2
     config.train.max_to_keep = 20
     config.output.tensorboard = False
-    exp = build_experiment(config)
+    exp = build_experiment(config, methods.from_config(config))
     full = train_and_evaluate(config, str(tmp_path / "full"), exp, make_mesh())
     part = killed_after(tmp_path / "full", 6, tmp_path / "part")
     resumed = train_and_evaluate(config, str(part), exp, make_mesh())
@@ -296,7 +297,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, form
 def test_efficient_form_holds_gamma_blocks_of_optimizer_state_on_llama3_8b_shapes():
     """From shapes alone (nothing materialised): the trained tree and AdamW state of the efficient form cover
     embeddings + final norm + head + γ = 2 of the 32 blocks; the 32 blocks ride in the method state."""
-    from umema_jax.train.memory_estimate import estimate
+    from umema_jax.memory_estimate import estimate
     r = estimate("llama3-8b", "lisa", devices=1)
     block = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096   # q,o + k,v (GQA) + MLP + 2 norms
     eh = 128256 * 4096 + 4096 + 4096 * 19 + 19                               # embedding, final norm, head

@@ -172,7 +172,7 @@ def test_config_errors_name_the_key():
     import ml_collections
     from configs.smoke import get_config
     from umema_jax import methods
-    from umema_jax.train.build import model_config_view
+    from umema_jax.train.assemble import model_config_view
     c = get_config()
     c.model.method, c.model.lora.target_regex = "milora", "c_attn"
     with pytest.raises(ValueError, match="model.lora.target_regex='c_attn': milora puts an expert"):

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.common import base_config
+from umema_jax.defaults import base_config
 from umema_jax.backbones import get_backbone_config
 from umema_jax.methods.splitlora import SplitLoRA, two_stage_grads
 from umema_jax.model import init_variables, make_model
-from umema_jax.train.build import model_config_view
+from umema_jax.train.assemble import model_config_view
 from umema_jax.train.step import cross_entropy_sum, make_train_step, target_mask
 from umema_jax.train.state import create_train_state, make_optimizer, split_params
 
@@ -156,9 +156,9 @@ def test_sequential_mode_leaves_idle_copies_and_their_adam_state_bitwise_unchang
         state = step(state, slot, 10 + i)
     before = state
     after = step(state, 1, 20)                                 # gradients everywhere; only slot 1 may move
-    from umema_jax.methods.splitlora import PerSlotState
-    slots = lambda s: [x for x in jax.tree.leaves(s.opt_state, is_leaf=lambda x: isinstance(x, PerSlotState))
-                       if isinstance(x, PerSlotState)]
+    from umema_jax.train.state import PerCopyState
+    slots = lambda s: [x for x in jax.tree.leaves(s.opt_state, is_leaf=lambda x: isinstance(x, PerCopyState))
+                       if isinstance(x, PerCopyState)]
     for new, old in zip(jax.tree.leaves((after.trainable["lora"]["client"], slots(after))),
                         jax.tree.leaves((before.trainable["lora"]["client"], slots(before)))):
         new, old = np.asarray(new), np.asarray(old)

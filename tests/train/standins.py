@@ -106,7 +106,7 @@ def synthetic_encoded(n: int, vocab: int = 50, num_labels: int = 3, max_len: int
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     c = base_config()
     c.seed = 0
     c.data.pad_to_multiple = 12          # one padded shape: one compile per step function

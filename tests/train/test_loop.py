@@ -23,9 +23,9 @@ def _records(workdir):
 def train_steps(monkeypatch):
     """Records every call of the jitted train step: a resumed run must not redo finished steps
     (a deterministic retrain from step 0 would end with the same numbers)."""
-    from umema_jax.train import loop
+    from umema_jax.train import assemble
     calls = []
-    real = loop.jit_train_step
+    real = assemble.jit_train_step
 
     def counting(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -35,7 +35,7 @@ def train_steps(monkeypatch):
             return step_fn(*a, **k)
         return run
 
-    monkeypatch.setattr(loop, "jit_train_step", counting)
+    monkeypatch.setattr(assemble, "jit_train_step", counting)
     return calls
 
 

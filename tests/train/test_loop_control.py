@@ -93,13 +93,14 @@ def test_max_steps_and_eval_every_steps(tmp_path, max_steps, eval_every, steps, 
 
 def test_grad_accumulation_in_the_loop_matches_one_big_batch(tmp_path, monkeypatch):
     built = []
-    real_make = loop_module.make_train_step
+    from umema_jax.train import assemble
+    real_make = assemble.make_train_step
 
     def spy(model, tx, schedule, task_type, grad_accum_steps=1, **kwargs):
         built.append(grad_accum_steps)
         return real_make(model, tx, schedule, task_type, grad_accum_steps, **kwargs)
 
-    monkeypatch.setattr(loop_module, "make_train_step", spy)
+    monkeypatch.setattr(assemble, "make_train_step", spy)
     runs = {}
     for accum in (1, 2):
         config = tiny_config(**{"train.grad_accum_steps": accum})

@@ -26,6 +26,7 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from configs.smoke import get_config as smoke_config
+from umema_jax import methods
 from umema_jax.data.pipeline import TrainBatches
 from umema_jax.tokenization import load_tokenizer
 from umema_jax.train import outputs
@@ -34,7 +35,7 @@ from umema_jax.train.checkpoint import Checkpoints
 from umema_jax.train.loop import HOST_ONLY_KEYS, train_and_evaluate
 from umema_jax.train.sharding import make_mesh
 from umema_jax.train.state import create_train_state, make_optimizer, merge_params
-from umema_jax.train.validate import validate_config
+from umema_jax.methods import validate_config
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "data")
 NER_MAX_LEN = 8          # truncates 3 of the 5 test sentences (up to 11 GPT-2 tokens): truncation is exercised
@@ -127,7 +128,7 @@ def _run(config, workdir):
     config.train.log_every_steps = 1
     config.output.tensorboard = False
     validate_config(config)
-    exp = build_experiment(config)
+    exp = build_experiment(config, methods.from_config(config))
     params = dict(exp.trainable["params"])
     params["head"] = dict(params["head"], kernel=params["head"]["kernel"] * HEAD_SCALE)
     exp.trainable = dict(exp.trainable, params=params)

@@ -54,7 +54,7 @@ def test_batch_is_split_over_data_axis_and_bytes_per_device():
 def test_llama3_8b_lora_memory_estimate_from_shapes():
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-m", "umema_jax.train.memory_estimate", "--json"], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "umema_jax.memory_estimate", "--json"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])

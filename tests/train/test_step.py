@@ -8,7 +8,7 @@ import pytest
 from tests.train.standins import NestedTinyModel, TinyModel, reorganise
 from umema_jax.train.state import create_train_state, make_optimizer, split_params
 from umema_jax.train.step import make_eval_step, make_train_step
-from configs.common import base_config
+from umema_jax.defaults import base_config
 
 
 def _setup(seed=0):

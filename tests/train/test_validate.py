@@ -5,10 +5,11 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)   # configs.* import configs.common
+sys.path.insert(0, REPO)   # configs/*.py are imported as modules
 
 from configs.smoke import get_config  # noqa: E402
-from umema_jax.train.validate import ConfigError, validate_config  # noqa: E402
+from umema_jax.methods import validate_config  # noqa: E402
+from umema_jax.train.validate import ConfigError  # noqa: E402
 
 
 @pytest.mark.parametrize("key, value", [
@@ -30,32 +31,35 @@ def test_non_finite_or_negative_numbers_are_rejected(key, value):
         validate_config(c)
 
 
+LORA = dict(use_lora=True, use_um=False, use_ema=False)
+
+
 def test_lora_alpha_defaults_to_twice_the_rank():
     """Paper: alpha = 2r at every rank of the sweep {4, 8, 16, 32}, i.e. scale 2."""
     from umema_jax.backbones.config import get_backbone_config
     from umema_jax.model import make_model
-    from umema_jax.train.build import model_config_view
+    from umema_jax.train.assemble import model_config_view
     for rank in (4, 8, 16, 32):
         c = get_config()
         c.model.lora.rank = rank                    # alpha left unset
         validate_config(c)
-        model = make_model(model_config_view(c, "cls", 19), get_backbone_config(c.model.name))
+        model = make_model(model_config_view(c, "cls", 19), get_backbone_config(c.model.name), **LORA)
         assert (model.lora_cfg.alpha, model.lora_cfg.scale) == (2.0 * rank, 2.0), rank
     c = get_config()
     c.model.lora.rank, c.model.lora.alpha = 32, 16.0   # an explicit alpha is kept
-    model = make_model(model_config_view(c, "cls", 19), get_backbone_config(c.model.name))
+    model = make_model(model_config_view(c, "cls", 19), get_backbone_config(c.model.name), **LORA)
     assert model.lora_cfg.scale == 0.5
 
 
 def test_config_json_records_the_resolved_alpha():
     """launch.py writes and compares alpha resolved, so an old config.json (alpha 16 at rank 8) still resumes."""
-    import launch
+    from umema_jax import run
     c = get_config()
     c.model.lora.rank = 32
-    assert launch.resolved_config(c.to_dict())["model"]["lora"]["alpha"] == 64.0
+    assert run.resolved_config(c.to_dict())["model"]["lora"]["alpha"] == 64.0
     old = get_config().to_dict()
     old["model"]["lora"]["alpha"] = 16.0
-    assert launch.resolved_config(get_config().to_dict()) == launch.resolved_config(old)
+    assert run.resolved_config(get_config().to_dict()) == run.resolved_config(old)
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -69,29 +73,15 @@ def test_lr_scale_settings_are_checked(key, value, message):
         validate_config(c)
 
 
-def test_lr_scale_is_refused_by_methods_with_their_own_optimizer_groups():
+def _all_methods():
     from umema_jax.methods import REGISTRY
-    refusing = sorted(n for n, cls in REGISTRY.items() if not cls.honours_lr_scale)
-    assert {"lisa", "alora", "splitlora"} <= set(refusing)
-    for name in refusing:
-        c = get_config()
-        c.model.method, c.optim.lr_scale = name, 0.5
-        with pytest.raises(ConfigError, match="builds its own optimizer groups"):
-            validate_config(c)
-    c = get_config()
-    c.model.method, c.optim.lr_scale = "full", 0.5
-    validate_config(c)
+    return sorted(REGISTRY)
 
 
-def _honouring_lr_scale():
-    from umema_jax.methods import REGISTRY
-    return sorted(n for n, cls in REGISTRY.items() if cls.honours_lr_scale)
-
-
-@pytest.mark.parametrize("name", _honouring_lr_scale())
-def test_every_method_that_accepts_lr_scale_applies_it(name):
-    """A method whose optimizer ignored `optim.lr_scale` would be a silent no-op: for each method that
-    claims `honours_lr_scale`, the first update of a matched leaf is lr_scale times the unscaled one."""
+@pytest.mark.parametrize("name", _all_methods())
+def test_every_method_applies_lr_scale(name):
+    """Every method builds its optimizer with `train.state.make_optimizer`, so `optim.lr_scale` is never a
+    silent no-op: the first update of a matched leaf is lr_scale times the unscaled one."""
     import jax.numpy as jnp
     import numpy as np
     from umema_jax import methods
@@ -110,7 +100,7 @@ def test_every_method_that_accepts_lr_scale_applies_it(name):
 
 
 def test_a_key_added_since_a_run_does_not_change_its_identity_but_a_changed_default_does():
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     from umema_jax.train.checkpoint import config_differences
     old, now = base_config().to_dict(), base_config().to_dict()
     del old["optim"]["lr_scale"]                      # a run recorded before the key existed

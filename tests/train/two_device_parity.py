@@ -15,17 +15,18 @@ import numpy as np
 
 def main():
     assert len(jax.devices()) == 2, jax.devices()
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     from umema_jax.backbones.config import get_backbone_config
     from umema_jax.model import init_variables, make_model
     from umema_jax.train import sharding as shd
-    from umema_jax.train.build import model_config_view
+    from umema_jax.train.assemble import model_config_view
     from umema_jax.train.state import create_train_state, make_optimizer, split_params
     from umema_jax.train.step import make_loss_fn, make_train_step
 
     config = base_config()
     config.model.method = "lora+ema"   # EMA: the bank write is the cross-shard reduction to check
-    model = make_model(model_config_view(config, "cls", 5), get_backbone_config("llama-tiny"))
+    model = make_model(model_config_view(config, "cls", 5), get_backbone_config("llama-tiny"), use_lora=True,
+                       use_um=False, use_ema=True)
     variables = init_variables(model, jax.random.PRNGKey(0))
     trained, frozen = split_params(variables["params"], config.train.trainable_regex)
     trainable = {"lora": variables["lora"], "params": trained}

@@ -10,7 +10,7 @@ scaled by the core count; on a GPU, 30 % of the device's dense peak. Once runs
 of a backbone have finished under `--root`, their measured wall times rescale
 the estimates of the rest (median measured / estimated).
 
-Memory: from shapes (`umema_jax.train.memory_estimate`: frozen backbone,
+Memory: from shapes (`umema_jax.memory_estimate`: frozen backbone,
 trainable parameters, gradients, AdamW moments, bank — per device with the
 run's FSDP mesh) plus an activation term (Korthikanti et al. 2022: per layer
 b·s·(34·d + 5·a·s) half-precision bytes, one layer's worth with remat), plus
@@ -82,45 +82,30 @@ def run_time_s(spec: S.RunSpec, setup, overhead_s: float) -> float:
     seq = min(int(g("data.max_len", 128)), setup.tokens if setup else 48)
     from umema_jax import methods
     method = methods.REGISTRY.get(str(g("model.method")))
-    # full-weight methods (full FT, LISA's simple form) compute every weight gradient; LISA's efficient
-    # form only the γ active blocks' (measured 1.19x LoRA's step on SmolLM2, docs/METHODS.md): LoRA-like
-    full = (method is not None and method.family == "full_weight") or str(g("train.trainable_regex", "")) in (".*",)
-    if str(g("model.method")) == "lisa" and str(g("methods.lisa.form", "efficient")) == "efficient":
-        full = False
+    hints = method.cost_hints(g, _backbone(name)) if method is not None else \
+        {"full_gradients": False, "passes": 1, "extra_forward_examples": 0.0}
+    full = hints["full_gradients"]
     m = machine()
-    # FLoRA's clients make `local_epochs` passes over their shards in each round (= loop epoch)
-    passes = int(g("methods.flora.local_epochs", 3)) if str(g("model.method")) == "flora" else 1
-    steps = epochs * passes * math.ceil(n / batch)
+    steps = epochs * int(hints["passes"]) * math.ceil(n / batch)
     t_train = steps * flops(name, batch * seq, seq, True, full) / m["train"]
     dev_n = int(g("data.dev_size", 0)) or (setup.dev_n if setup else 500)
     test_n = int(g("data.test_size", 0)) or (setup.test_n if setup else 1000)
     per_example = flops(name, seq, seq, False) / m["eval"]
     t_eval = (epochs * dev_n + dev_n + test_n) * per_example
-    return overhead_s + t_train + t_eval + _alora_scoring_examples(spec, _backbone(name)) * per_example
-
-
-def _alora_scoring_examples(spec: S.RunSpec, cfg) -> float:
-    """Forward passes (in examples) ALoRA's rounds spend scoring ranks; 0 for other methods."""
-    g = spec.get
-    if str(g("model.method")) != "alora":
-        return 0.0
-    from umema_jax.methods.alora import ALoRA
-    hp = {k: g(f"methods.alora.{k}", v) for k, v in ALoRA.defaults.items()}
-    from umema_jax.adapters.lora import DEFAULT_TARGETS
-    regex = str(g("model.lora.target_regex", "") or DEFAULT_TARGETS[cfg.arch])
-    targets = len(regex.split("|"))                     # modules per layer (c_attn | q_proj, v_proj by default)
-    active = cfg.num_layers * targets * int(g("model.lora.rank", 8))
-    per_round = 2 * 3 if hp["scoring"] == "taylor" else 2 * (active + 1)   # 2 backward (~3 fwd) | 2 per rank
-    return float(int(hp["rounds"]) * per_round * int(hp["val_size"]))
+    return overhead_s + t_train + t_eval + hints["extra_forward_examples"] * per_example
 
 
 @functools.lru_cache(maxsize=None)
 def _shape_memory(name: str, method: str, devices: int) -> dict | None:
-    from umema_jax.train.memory_estimate import estimate
-    try:
-        return estimate(name, method if method in ("lora", "lora+um", "lora+ema", "full") else "lora", devices=1)
-    except Exception:  # noqa: BLE001
-        return None
+    """From shapes, for `method`; a method whose setup cannot be built without its data (a federated
+    schedule) is estimated as plain LoRA, then rescaled by the runs already measured."""
+    from umema_jax.memory_estimate import estimate
+    for candidate in (method, "lora"):
+        try:
+            return estimate(name, candidate, devices=1)
+        except Exception:  # noqa: BLE001
+            continue
+    return None
 
 
 def run_memory_gib(spec: S.RunSpec, setup) -> float | None:

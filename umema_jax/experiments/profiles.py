@@ -1,15 +1,14 @@
-"""Profiles (smoke | cpu | paper) and the method registry, as data.
+"""Profiles (smoke | cpu | paper) and the rows of the paper's tables, as data.
 
 A profile says which backbones, datasets, sizes, seeds and learning-rate grid
 the paper's protocol (`docs/EXPERIMENTS.md`) resolves to on a
 given budget, plus the config overrides every run of the profile shares and
 the deviations from the paper a published table must state.
 
-Methods: a paper row (SplitLoRA, LISA, ..., Ours) names candidate
-`model.method` values; a row is *implemented* when one of them is accepted by
-both `umema_jax.model.METHODS` and `umema_jax.train.validate.METHODS`, so a
-baseline that lands under one of these names fills its cells without any
-change here.
+Rows: a row of a table (LoRA, SplitLoRA, ..., Ours) runs one registered method
+(`umema_jax.methods`, the one list of methods: its label and LR family come from
+there), optionally with config overrides; a row whose method is not registered
+reads "not implemented".
 """
 from __future__ import annotations
 
@@ -23,36 +22,39 @@ FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures", "data")
 # --------------------------------------------------------------------------- methods
 
 @dataclasses.dataclass(frozen=True)
-class Method:
-    """A row of the paper's tables. `family`: 'adapter' methods share the LoRA-selected LR,
-    'full_weight' methods get their own (docs/EXPERIMENTS.md)."""
+class Row:
+    """A row of the paper's tables: registered method `method` (a `model.method` value) with `overrides`."""
     label: str
-    candidates: tuple            # model.method values that implement it (first implemented wins)
-    family: str = "adapter"
-    overrides: tuple = ()        # extra (key, value) config overrides the method needs
+    method: str
+    overrides: tuple = ()        # extra (key, value) config overrides the row needs
+
+    @property
+    def family(self) -> str:
+        """'adapter' rows share the LoRA-selected LR, 'full_weight' rows get their own (docs/EXPERIMENTS.md)."""
+        from umema_jax import methods
+        return methods.REGISTRY[self.method].family if self.method in methods.REGISTRY else "adapter"
 
 
-LORA = Method("LoRA", ("lora",))
+def row(method: str, overrides: tuple = (), label: str = "") -> Row:
+    """The row of registered `method`, labelled as the method labels itself unless `label` is given."""
+    from umema_jax import methods
+    return Row(label or methods.get(method).label, method, overrides)
+
+
+LORA = row("lora")
 # The UM temperature reads the unit direction of M_U (docs/METHOD.md deviation 13; the config default):
 # with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (the stability study, docs/NOTES.md).
 # Spelled out so these runs are keyed apart from the raw-input runs made before the default changed.
 STABLE_UM = (("model.um.temperature_input", "unit"),)
-UM = Method("+UM", ("lora+um",), overrides=STABLE_UM)
-EMA = Method("+EMA", ("lora+ema",))
-OURS = Method("Ours (LoRA+UM+EMA)", ("full",), overrides=STABLE_UM)
+UM = row("lora+um", STABLE_UM)
+EMA = row("lora+ema")
+OURS = row("full", STABLE_UM)
 # Table 7's stability ablation row: T reads the raw M_U (docs/METHOD.md; the default before the stability fix).
-OURS_RAW_T = Method("Ours, T on raw M_U (extra)", ("full",), overrides=(("model.um.temperature_input", "raw"),))
+OURS_RAW_T = row("full", (("model.um.temperature_input", "raw"),), "Ours, T on raw M_U (extra)")
 # ... and the next candidate against the seed-0 transient of the default form: the UM and EMA branches (fresh
 # dense layers) at a fifth of the adapters' learning rate (`optim.lr_scale`).
-OURS_SLOW_BRANCH = Method("Ours, branch lr x0.2 (extra)", ("full",), overrides=STABLE_UM + (("optim.lr_scale", 0.2),))
-BASELINES = (
-    Method("SplitLoRA", ("splitlora", "split_lora")),
-    Method("LISA", ("lisa",), family="full_weight"),
-    Method("MiLoRA", ("milora", "mi_lora")),
-    Method("FLoRA", ("flora",)),
-    Method("ALoRA", ("alora",)),
-    Method("full FT", ("full_ft", "fullft", "full-ft", "ft"), family="full_weight"),
-)
+OURS_SLOW_BRANCH = row("full", STABLE_UM + (("optim.lr_scale", 0.2),), "Ours, branch lr x0.2 (extra)")
+BASELINES = tuple(row(name) for name in ("splitlora", "lisa", "milora", "flora", "alora", "full_ft"))
 ABLATION = (LORA, UM, EMA, OURS)
 COMPARISON = BASELINES + (LORA, OURS)
 # The sampled and federated baselines, whose budget is the easiest to get wrong: each gets one row at twice the
@@ -63,7 +65,7 @@ BUDGET_CHECKED = ("LISA", "FLoRA", "SplitLoRA")
 def budget_rows(profile) -> tuple:
     """The BUDGET_CHECKED methods at twice the epochs (rounds, for FLoRA) they run in `profile`."""
     def epochs(m):
-        over = dict(profile.common + profile.method_overrides.get(m.candidates[0], ()) + m.overrides)
+        over = dict(profile.common + profile.method_overrides.get(m.method, ()) + m.overrides)
         return int(over.get("train.epochs", 1))
     return tuple(dataclasses.replace(m, label=f"{m.label}, 2x epochs (budget check)",
                                      overrides=m.overrides + (("train.epochs", 2 * epochs(m)),))
@@ -71,21 +73,20 @@ def budget_rows(profile) -> tuple:
 
 
 def implemented_methods() -> frozenset:
-    """`model.method` values the code accepts today (model registry ∩ config validation)."""
-    from umema_jax import model
-    from umema_jax.train import validate
-    return frozenset(model.METHODS) & frozenset(validate.METHODS)
+    """`model.method` values the code has (the registry of `umema_jax.methods`)."""
+    from umema_jax import methods
+    return frozenset(methods.names())
 
 
-def method_name(method: Method, implemented=None) -> str | None:
-    """The `model.method` value that runs `method`, or None when it is not implemented."""
+def method_name(row: Row, implemented=None) -> str | None:
+    """The `model.method` value that runs `row`, or None when it is not implemented."""
     implemented = implemented_methods() if implemented is None else implemented
-    return next((c for c in method.candidates if c in implemented), None)
+    return row.method if row.method in implemented else None
 
 
 def missing_data_supported() -> bool:
     """Fig 5 needs a `data.missing_rate` config key (the data layer has the corruption already)."""
-    from configs.common import base_config
+    from umema_jax.defaults import base_config
     return "missing_rate" in base_config().data
 
 
@@ -132,7 +133,7 @@ class Profile:
     published: bool = True       # runs feed published tables: trained only from committed code
     central_seeds: tuple = ()    # seeds of the central comparison (LoRA vs Ours, SemEval, selection size)
 
-    def seeds_for(self, method: "Method", dataset: str, size: int) -> tuple:
+    def seeds_for(self, method: Row, dataset: str, size: int) -> tuple:
         """The seeds a cell runs: `central_seeds` for the paper's central comparison (more power where
         the paper's main claim is decided), `seeds` everywhere else."""
         central = method.label in (LORA.label, OURS.label) and dataset == "semeval" and size == self.selection_size

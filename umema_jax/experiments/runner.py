@@ -5,7 +5,7 @@ Each training is an ordinary launch.py run directory under `root`, named
 `isolation='subprocess'` (default) runs `python launch.py ...` per run — a
 fresh process per run, so compile caches and memory never accumulate and the
 directory is exactly what the printed command makes; `'inprocess'` calls
-`launch.run_config`, the function launch.py's main calls, in this process, which saves start-up per run for the
+`umema_jax.run.run_config`, the function launch.py's main calls, in this process, which saves start-up per run for the
 seconds-long smoke profile. Both resume a half-finished run from its checkpoint
 (launch.py's own resume path) and refuse a directory holding another config.
 A run that fails (bad config, non-finite loss, crash) leaves
@@ -63,11 +63,13 @@ def _train_subprocess(spec: S.RunSpec, workdir: str, env: dict) -> tuple[int, st
 
 
 def _train_inprocess(spec: S.RunSpec, workdir: str) -> tuple[int, str]:
-    """`launch.run_config` in this process (same function as launch.py: same outputs, same resume)."""
+    """`umema_jax.run.run_config` in this process (the function launch.py calls: same outputs, same resume)."""
     if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    import launch
-    from umema_jax.train.validate import ConfigError, validate_config
+        sys.path.insert(0, REPO_ROOT)      # configs/*.py
+    from umema_jax import run
+    from umema_jax.methods import validate_config
+    from umema_jax.runtime import enable_compilation_cache
+    from umema_jax.train.validate import ConfigError
 
     from absl import logging
     logging.set_verbosity(logging.WARNING)          # as launch.py: orbax logs every save at INFO
@@ -76,12 +78,12 @@ def _train_inprocess(spec: S.RunSpec, workdir: str) -> tuple[int, str]:
         config.output.progress_bar = False
         validate_config(config)
     except (ConfigError, KeyError, ValueError) as err:
-        return launch.EXIT_BAD_INPUT, str(err)
-    launch.enable_compilation_cache()
+        return run.EXIT_BAD_INPUT, str(err)
+    enable_compilation_cache()
     try:
-        launch.run_config(config, workdir)
-    except launch.RunFailed as err:
-        if err.code == launch.EXIT_INTERRUPTED:
+        run.run_config(config, workdir)
+    except run.RunFailed as err:
+        if err.code == run.EXIT_INTERRUPTED:
             raise StopRequested(str(err)) from None
         return err.code, str(err)
     return 0, ""

@@ -172,9 +172,11 @@ def stale_keys(root: str, spec: RunSpec, ledger: str = "") -> list:
     except OSError:
         return []
     if stamp not in _STALE_CACHE:
+        from umema_jax.methods import unused_config_prefixes
         from umema_jax.train.checkpoint import config_differences
         recorded = ledger_entry(ledger, spec)["config"] if in_ledger else _read_json(path)
-        _STALE_CACHE[stamp] = config_differences(recorded, load_config(spec).to_dict())
+        _STALE_CACHE[stamp] = config_differences(recorded, load_config(spec).to_dict(),
+                                                 unused_config_prefixes(spec.get("model.method")))
     return list(_STALE_CACHE[stamp])
 
 

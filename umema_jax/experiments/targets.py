@@ -83,7 +83,7 @@ def train_spec(ctx: Context, backbone: P.Backbone, setup: P.DatasetSetup, method
                         "data.train_size": int(size), "seed": int(seed), "optim.learning_rate": float(lr)}, extra)
 
 
-def train_cell(ctx: Context, labels: dict, backbone: P.Backbone, dataset: str, method: P.Method, size: int,
+def train_cell(ctx: Context, labels: dict, backbone: P.Backbone, dataset: str, method: P.Row, size: int,
                seeds=None, lr: float | None = None, metric: str = "test.{primary}", extra: tuple = ()) -> Cell:
     """A cell of `method` on `dataset`: one run per seed at the chosen (or given) LR, or a status."""
     p = ctx.profile
@@ -94,7 +94,7 @@ def train_cell(ctx: Context, labels: dict, backbone: P.Backbone, dataset: str, m
     name = P.method_name(method, ctx.implemented)
     if name is None:
         return Cell(labels, metric=metric, status=A.NOT_IMPLEMENTED,
-                    note=f"no model.method in {list(method.candidates)} yet")
+                    note=f"no model.method {method.method!r} yet")
     specs = lambda rate: [train_spec(ctx, backbone, setup, name, size, s, rate, extra,   # noqa: E731
                                      method.overrides) for s in seeds]
     chosen = lr if lr is not None else ctx.lr(backbone, method.family)
@@ -259,7 +259,7 @@ def table1_cells(ctx: Context) -> list:
 
 
 def _shape_counts(backbone: str, method: str) -> dict | None:
-    from umema_jax.train.memory_estimate import estimate
+    from umema_jax.memory_estimate import estimate
     try:
         r = estimate(backbone, method, devices=1)
     except Exception as err:  # noqa: BLE001 - a method the estimator does not know

@@ -18,7 +18,7 @@ share on). K₁ and K₂ shrink in proportion when the run is shorter than
 K₁ + N_A·K₂ epochs; after the rounds training continues to the budget.
 
 A new rank is function-preserving (fresh Kaiming column of A, zero row of B)
-and gets zero moments and its own Adam step count (`scale_by_slot_adam`: one
+and gets zero moments and its own Adam step count (`slot_count_shape`: one
 count per rank slot, docs/METHODS.md). Shapes never change, so neither
 the train step nor the scoring (one jitted `vmap` over a fixed-size chunk of
 gate vectors) recompiles. The allocation is in the checkpointed state (gates)
@@ -31,10 +31,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from umema_jax.methods.base import Controller, Method, register
-from umema_jax.train.state import CountedAdamState, path_keys, scale_by_counted_adam
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Controller, Method
+from umema_jax.train.state import CountedAdamState, path_keys
 
 INIT_TAG = 0xA10A          # separates the new-rank initialisation keys from the run's other keys
 
@@ -56,11 +56,6 @@ def slot_count_shape(path, leaf) -> tuple:
     if name == "lora_b":
         return tuple(leaf.shape[:-2]) + (leaf.shape[-2], 1)
     return ()
-
-
-def scale_by_slot_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-    """`optax.scale_by_adam` with per-slot counts (equal counts: the same update)."""
-    return scale_by_counted_adam(b1, b2, eps, slot_count_shape)
 
 
 # ------------------------------------------------------------------ gates: a tree, or one [N_mod, r_cap] matrix
@@ -149,7 +144,7 @@ def importance(s_full, s_without, s_only) -> np.ndarray:
 @register
 class ALoRA(Method):
     name = "alora"
-    honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
+    label = "ALoRA"
     defaults = {"rank_cap": 0,             # slots per module; 0 = 2 · model.lora.rank (docs/METHODS.md)
                 "first_epochs": 1.0,       # K₁ [P]
                 "round_epochs": 0.25,      # K₂ [P]
@@ -181,6 +176,19 @@ class ALoRA(Method):
     def rank_cap(self) -> int:
         return int(self.hp.rank_cap) or 2 * self.rank
 
+    @classmethod
+    def cost_hints(cls, get, backbone_cfg) -> dict:
+        """Forward passes (in examples) the rounds spend scoring ranks: two backward passes (~3 forward)
+        a round to first order, 2 per active rank by ablation."""
+        from umema_jax.adapters.lora import DEFAULT_TARGETS
+        hp = {k: get(f"methods.alora.{k}", v) for k, v in cls.defaults.items()}
+        regex = str(get("model.lora.target_regex", "") or DEFAULT_TARGETS[backbone_cfg.arch])
+        targets = len(regex.split("|"))                     # modules per layer (c_attn | q_proj, v_proj by default)
+        active = backbone_cfg.num_layers * targets * int(get("model.lora.rank", 8))
+        per_round = 2 * 3 if hp["scoring"] == "taylor" else 2 * (active + 1)
+        return {**super().cost_hints(get, backbone_cfg),
+                "extra_forward_examples": float(int(hp["rounds"]) * per_round * int(hp["val_size"]))}
+
     def make_model(self, model_config_view, backbone_cfg):
         model = super().make_model(model_config_view, backbone_cfg)
         if self.rank_cap < self.rank:
@@ -199,11 +207,9 @@ class ALoRA(Method):
         return int(sum(x.size for p, x in leaves if not slots(p)) + lora * self.rank // self.rank_cap)
 
     def optimizer(self, total_steps):
-        from umema_jax.train.state import counted_adamw_parts, learning_rate_schedule
-        o = self.config.optim
-        schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
-        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), *counted_adamw_parts(o, schedule, slot_count_shape))
-        return tx, schedule
+        """The project's optimizer with one Adam count per rank slot (a re-created slot restarts its own)."""
+        from umema_jax.train.state import make_optimizer
+        return make_optimizer(self.config.optim, total_steps, count_shape=slot_count_shape)
 
     def init_extra(self, trainable):
         return {"gates": initial_gates(trainable["lora"], self.rank)}

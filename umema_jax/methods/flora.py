@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from umema_jax.methods.base import Controller, Method, register
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Controller, Method
 
 FLORA_TAG = 0xF10A          # separates the clients' LoRA init keys from the run's other keys
 
@@ -65,6 +66,7 @@ def _lora_leaves_pair(new, old, mask):
 @register
 class FLoRA(Method):
     name = "flora"
+    label = "FLoRA"
     defaults = {"clients": 10,      # N IID clients, all selected every round
                 "local_epochs": 3,  # passes over its shard a client makes per round (official `local_num_epochs`)
                 "ranks": ""}        # '' = model.lora.rank for all; or one rank per client, comma-separated
@@ -82,6 +84,11 @@ class FLoRA(Method):
     @property
     def clients(self) -> int:
         return int(self.hp.clients)
+
+    @classmethod
+    def cost_hints(cls, get, backbone_cfg) -> dict:
+        """Each round (a loop epoch) the clients make `local_epochs` passes over their shards."""
+        return {**super().cost_hints(get, backbone_cfg), "passes": int(get("methods.flora.local_epochs", 3))}
 
     def make_model(self, model_config_view, backbone_cfg):
         from umema_jax.adapters.lora import LoraConfig

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from umema_jax.methods.base import Method, register
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Method
 
 ALL_BUT_LM_HEAD = r"^(?!backbone/lm_head/)"
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -27,6 +28,7 @@ PARAM_DTYPES = ("float32", "bfloat16")
 @register
 class FullFT(Method):
     name = "full_ft"
+    label = "full FT"
     family = "full_weight"
     use_lora = False
     defaults = {"param_dtype": "float32"}     # float32 | bfloat16 (weights and grads; moments stay fp32)

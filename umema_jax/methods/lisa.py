@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from umema_jax.methods.base import Controller, Method, register
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Controller, Method
 from umema_jax.methods.full_ft import ALL_BUT_LM_HEAD
 from umema_jax.train.state import BLOCK_SCOPES, CountedAdamState, is_block_leaf
 
@@ -89,22 +89,22 @@ def _is_block_adam(x) -> bool:
 
 def block_adam_state(opt_state) -> BlockAdamState:
     """The body group's `BlockAdamState` inside LISA's optimizer state."""
-    _, groups = opt_state
+    groups = opt_state[1]                   # (clip, groups, [lr scale])
     return next(x for x in jax.tree.leaves(groups.inner_states["body"], is_leaf=_is_block_adam) if _is_block_adam(x))
 
 
 def with_block_adam_state(opt_state, new: BlockAdamState):
-    clip_state, groups = opt_state
+    clip_state, groups, *rest = opt_state
     body = jax.tree.map(lambda x: new if _is_block_adam(x) else x, groups.inner_states["body"], is_leaf=_is_block_adam)
-    return clip_state, groups._replace(inner_states=dict(groups.inner_states, body=body))
+    return (clip_state, groups._replace(inner_states=dict(groups.inner_states, body=body)), *rest)
 
 
 @register
 class LISA(Method):
     name = "lisa"
+    label = "LISA"
     family = "full_weight"
     use_lora = False
-    honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
     defaults = {"gamma": 2,                # γ active blocks (paper, 7B runs)
                 "interval_steps": 20,      # K steps between draws (LMFlow `lisa_interval_steps`)
                 "form": "efficient"}       # efficient (γ blocks trained) | simple (all L, masked); module doc
@@ -117,6 +117,13 @@ class LISA(Method):
                 raise ValueError(f"methods.lisa.{key}={hp[key]}: must be >= 1")
         if hp.form not in FORMS:
             raise ValueError(f"methods.lisa.form={hp.form!r}: must be one of {', '.join(FORMS)}")
+
+    @classmethod
+    def cost_hints(cls, get, backbone_cfg) -> dict:
+        """The efficient form computes only the γ active blocks' weight gradients (measured 1.19x LoRA's
+        step on SmolLM2, docs/METHODS.md): LoRA-like for the estimate; the simple form is full-weight."""
+        hints = super().cost_hints(get, backbone_cfg)
+        return {**hints, "full_gradients": str(get("methods.lisa.form", "efficient")) != "efficient"}
 
     @property
     def efficient(self) -> bool:
@@ -159,13 +166,11 @@ class LISA(Method):
         return int(total - body + body * int(self.hp.gamma) // layers)
 
     def optimizer(self, total_steps):
-        from umema_jax.train.state import adamw, learning_rate_schedule
-        o = self.config.optim
-        schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
-        labels = lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: "body" if is_body(p) else "eh", tree)
-        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
-                         optax.multi_transform({"eh": adamw(o, schedule), "body": adamw(o, schedule, _block_count_shape)}, labels))
-        return tx, schedule
+        """The project's optimizer; the body's blocks are a group with one Adam count per block."""
+        from umema_jax.train.state import make_optimizer
+        return make_optimizer(self.config.optim, total_steps,
+                              groups=(lambda p: "body" if is_body(p) else "eh",
+                                      {"eh": {}, "body": {"count_shape": _block_count_shape}}))
 
     def init_extra(self, trainable):
         extra = {"layer_mask": self._first_draw(), "sampler_key": self._sampler_key()}

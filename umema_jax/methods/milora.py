@@ -21,7 +21,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from umema_jax.methods.base import Method, register
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Method
 
 
 def expert_regex(arch: str) -> str:
@@ -45,6 +46,7 @@ def usage_and_balance(selected: jnp.ndarray, probs: jnp.ndarray, rows: jnp.ndarr
 @register
 class MiLoRA(Method):
     name = "milora"
+    label = "MiLoRA"
     defaults = {"top_k": 2,                 # K experts per example and block [U]; ablate 1, 2, 3
                 "balance_weight": 0.01}     # λ of the Switch load-balancing loss [U]; 0 = off
 

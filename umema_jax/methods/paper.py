@@ -6,28 +6,33 @@ NB: `full` is the paper's method (LoRA + UM + EMA), not full fine-tuning (`full_
 """
 from __future__ import annotations
 
-from umema_jax.methods.base import Method, register
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Method
 
 
 @register
 class LoRA(Method):
     name = "lora"
+    label = "LoRA"
 
 
 @register
 class LoRAUM(Method):
     name = "lora+um"
+    label = "+UM"
     use_um = True
 
 
 @register
 class LoRAEMA(Method):
     name = "lora+ema"
+    label = "+EMA"
     use_ema = True
 
 
 @register
 class Full(Method):
     name = "full"
+    label = "Ours (LoRA+UM+EMA)"
     use_um = True
     use_ema = True

@@ -18,7 +18,7 @@ replaced by their equal-weight mean (FedAvg; moments are not averaged): every ce
 parallel mode, every 100 in sequential mode. Evaluation runs the mean copy (the global client model).
 
 One global-norm clip and one schedule for both sides ([U]: the script schedules only the server);
-the copies' Adam state is kept per copy (moments and count, `per_slot`), so a copy's first step is
+the copies' Adam state is kept per copy (moments and count, `train.state.per_copy`), so a copy's first step is
 a first Adam step in either mode.
 
 Traffic: h up and ∂L/∂h down, real rows x padded length x d x bytes each way, per step. The
@@ -27,14 +27,13 @@ controller logs `splitlora_traffic_mb` (that step) and `splitlora_traffic_mb_tot
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from umema_jax.methods.base import Controller, Method, register
-from umema_jax.train.state import path_keys
+from umema_jax.methods.registry import register
+from umema_jax.train.method import Controller, Method
+from umema_jax.train.state import PerCopyState, path_keys
 
 MODES = ("parallel", "sequential")
 BLOCK_SCOPES = {"gpt2": "h", "llama": "layers"}     # the scanned blocks under `backbone/`
@@ -129,21 +128,6 @@ def two_stage_grads(model: SplitModel, params: dict, lora: dict, batch: dict, lo
     return loss, {"client": g_client, "server": g_server, "head": g_head}, h, dh
 
 
-class PerSlotState(NamedTuple):
-    inner: optax.OptState          # leaves with a leading client axis
-
-
-def per_slot(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`inner` applied to each slice of the leading (client) axis on its own: own moments, own count."""
-    def init(params):
-        return PerSlotState(jax.vmap(inner.init)(params))
-
-    def update(updates, state, params=None):
-        updates, new = jax.vmap(lambda u, s: inner.update(u, s))(updates, state.inner)
-        return updates, PerSlotState(new)
-    return optax.GradientTransformation(init, update)
-
-
 def _is_client(path) -> bool:
     keys = path_keys(path)
     return len(keys) > 1 and keys[0] == "lora" and keys[1] == "client"
@@ -152,7 +136,7 @@ def _is_client(path) -> bool:
 @register
 class SplitLoRA(Method):
     name = "splitlora"
-    honours_lr_scale = False      # its optimizer has its own groups (see `optimizer`)
+    label = "SplitLoRA"
     defaults = {"clients": 3,                  # N, equal random split of the training set
                 "cut_layers": -1,              # blocks on the client; -1 = 3 for 12-block GPT-2, proportional
                 "fedavg_client_batches": 100,  # FedAvg of the client copies every that many client batches
@@ -218,18 +202,11 @@ class SplitLoRA(Method):
         return self.batches
 
     def optimizer(self, total_steps):
-        from umema_jax.train.state import adamw, learning_rate_schedule
-        o = self.config.optim
-        schedule = learning_rate_schedule(o.learning_rate, total_steps, o.warmup_ratio)
-        client = optax.chain(per_slot(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps)),
-                             optax.add_decayed_weights(o.weight_decay, mask=lambda t: jax.tree.map(
-                                 lambda x: x.ndim >= 3, t)),       # per copy: ndim >= 2 (the copy axis is extra)
-                             optax.scale_by_learning_rate(schedule))
-        labels = lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: "client" if _is_client(p) else "shared",
-                                                               tree)
-        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm),
-                         optax.multi_transform({"client": client, "shared": adamw(o, schedule)}, labels))
-        return tx, schedule
+        """The project's optimizer with the client copies as their own group: per copy moments and count."""
+        from umema_jax.train.state import make_optimizer
+        return make_optimizer(self.config.optim, total_steps,
+                              groups=(lambda p: "client" if _is_client(p) else "shared",
+                                      {"client": {"copies": True}, "shared": {}}))
 
     def init_extra(self, trainable):
         return {"slot": jnp.zeros((), jnp.int32)} if self.hp.mode == "sequential" else {}
@@ -248,7 +225,7 @@ class SplitLoRA(Method):
             keep = jax.nn.one_hot(state.extra["slot"], self.clients, dtype=jnp.bool_)
             select = lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
             client = jax.tree.map(select, client, state.trainable["lora"]["client"])
-            is_slots = lambda x: isinstance(x, PerSlotState)
+            is_slots = lambda x: isinstance(x, PerCopyState)
             opt_state = jax.tree.map(lambda n, o: jax.tree.map(select, n, o) if is_slots(n) else n,
                                      opt_state, state.opt_state, is_leaf=is_slots)
         average = (state.step + 1) % self.fedavg_every == 0

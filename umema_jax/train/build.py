@@ -1,4 +1,5 @@
-"""From a validated config to an `Experiment`: data, tokenizer, weights, model, variables, evaluator.
+"""From a validated config and its method to an `Experiment`: data, tokenizer, weights, the method's
+model and trees (`train.assemble.build_setup`), evaluator.
 
 This is the only place in `train/` that knows the concrete layers below it;
 the loop sees the `Experiment` interface only (tests swap in stand-ins).
@@ -6,23 +7,14 @@ the loop sees the `Experiment` interface only (tests swap in stand-ins).
 from __future__ import annotations
 
 import os
-import types
-from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from umema_jax.train.assemble import build_setup
 from umema_jax.train.loop import Experiment
-from umema_jax.train.state import cast_tree, count_params
+from umema_jax.train.state import count_params
 
 DEV_SUBSAMPLE_SEED = 0   # the same dev subsample for every run seed, so early stopping compares alike
-
-
-def model_config_view(config, task_type: str, num_labels: int):
-    """The root-config view `make_model` reads: `model.*` plus the data-derived `task.*`."""
-    return types.SimpleNamespace(model=config.model,
-                                 task=types.SimpleNamespace(type=task_type, num_labels=num_labels))
 
 
 def tokenizer_name(model_name: str) -> str:
@@ -89,11 +81,10 @@ def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: d
     return evaluate
 
 
-def build_experiment(config) -> Experiment:
+def build_experiment(config, method) -> Experiment:
+    """`method`: the run's `train.method.Method` (`umema_jax.methods.from_config(config)`)."""
     from umema_jax.backbones.config import get_backbone_config
     from umema_jax.data.encode import encode_splits
-    from umema_jax import methods
-    from umema_jax.model import init_variables
     from umema_jax.tokenization import load_tokenizer
 
     splits = load_splits(config)
@@ -108,15 +99,8 @@ def build_experiment(config) -> Experiment:
     if len(tokenizer) > backbone_cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but {config.model.name} embeds only "
                          f"{backbone_cfg.vocab_size}")
-    method = methods.from_config(config)
-    model = method.make_model(model_config_view(config, splits.task_type, len(splits.labels)), backbone_cfg)
-    # Loaded weights go straight in: the backbone is never randomly initialised first.
-    backbone = None if weights is None else jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), weights)
-    variables = init_variables(model, jax.random.PRNGKey(config.seed), backbone_params=backbone)
-    params = dict(variables["params"])
-    trained, frozen = method.split(params)
-    frozen = cast_tree(frozen, jnp.dtype(config.model.frozen_param_dtype))
-    trainable = method.init_trainable({"lora": variables.get("lora", {}), "params": trained})
+    setup = build_setup(config, method, splits.task_type, len(splits.labels), backbone_cfg, weights)
+    frozen, trainable, params = setup.frozen, setup.trainable, setup.params
     info = {
         "task_type": splits.task_type, "labels": list(splits.labels), "backbone": backbone_cfg,
         "method": method.describe(),
@@ -128,17 +112,17 @@ def build_experiment(config) -> Experiment:
                    "trainable_tree": count_params(trainable),
                    "lora": count_params(trainable["lora"]),
                    **{f"params/{k}": count_params(v) for k, v in params.items()},
-                   "memory_buffer": count_params(variables.get("memory", {}))},
+                   "memory_buffer": count_params(setup.memory)},
         "ids": {s: list(encoded[s].ids) for s in ("dev", "test")},
         "examples": {s: splits.split(s) for s in ("dev", "test")},
     }
     # The model's own parameters (not the trained tree: SplitLoRA holds client copies of its LoRA there,
     # LISA's efficient form γ slots of blocks carried in the state besides)
-    info["params"]["total"] = count_params(params) + count_params(variables.get("lora", {}))
+    info["params"]["total"] = count_params(params) + count_params(setup.lora)
     evaluate = make_evaluator(splits.task_type, list(splits.labels), encoded,
                               {s: splits.split(s) for s in ("dev", "test")})
-    return Experiment(model=model, frozen=frozen, trainable=trainable,
-                      memory=variables.get("memory", {}), task_type=splits.task_type,
+    return Experiment(model=setup.model, frozen=frozen, trainable=trainable,
+                      memory=setup.memory, task_type=splits.task_type,
                       encoded=encoded, evaluate=evaluate, info=info, method=method)
 
 

@@ -56,10 +56,11 @@ def flatten_config(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_identity(config) -> dict:
+def config_identity(config, unused: tuple = ()) -> dict:
     """The flat `{'a.b': value}` keys of a config (ConfigDict, nested or flat dict) that decide results:
-    everything but `RESUME_SAFE_PREFIXES` / `RESUME_SAFE_KEYS` and the `methods.*` sections of methods
-    other than `model.method` (they do not decide results), with `model.lora.alpha` resolved."""
+    everything but `RESUME_SAFE_PREFIXES` / `RESUME_SAFE_KEYS`, the `methods.*` sections of methods
+    other than `model.method` and the `unused` prefixes (the sections of branches the method does not
+    build: `Method.unused_config_prefixes`), with `model.lora.alpha` resolved."""
     if hasattr(config, "to_dict"):
         config = config.to_dict()
     flat = flatten_config(json.loads(json.dumps(config, default=str)))
@@ -67,32 +68,22 @@ def config_identity(config) -> dict:
         from umema_jax.adapters.lora import resolve_alpha
         flat["model.lora.alpha"] = resolve_alpha(flat.get("model.lora.rank", 8), flat["model.lora.alpha"])
     own = f"methods.{flat.get('model.method')}."
-    unused = _unused_branch_prefixes(flat.get("model.method"))
+    unused = tuple(unused)
     return {k: v for k, v in flat.items() if not k.startswith(RESUME_SAFE_PREFIXES) and k not in RESUME_SAFE_KEYS
             and (not k.startswith("methods.") or k.startswith(own)) and not k.startswith(unused)}
 
 
-def _unused_branch_prefixes(method) -> tuple:
-    """`model.um.` / `model.ema.` when `method` builds no UM / EMA branch: their settings cannot change its
-    results, so a new default there (the UM `temperature_input`) must not make a LoRA run unresumable."""
-    from umema_jax.methods import REGISTRY
-    cls = REGISTRY.get(method)
-    if cls is None:
-        return ()
-    return tuple(p for p, used in (("model.um.", cls.use_um), ("model.ema.", cls.use_ema)) if not used)
+def config_hash(config, unused: tuple = ()) -> str:
+    return hashlib.sha256(json.dumps(config_identity(config, unused), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_hash(config) -> str:
-    return hashlib.sha256(json.dumps(config_identity(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_differences(before, now) -> list:
+def config_differences(before, now, unused: tuple = ()) -> list:
     """Sorted keys that decide results and differ between two configs (the one notion of "same run").
 
     A key only one side has is a key added to the code in between; it is taken to hold the default it
     was introduced with, which must keep the old behaviour (a project rule: a new option defaults to
     off). Defaults that *change* are caught, since both sides have the key."""
-    a, b = config_identity(before), config_identity(now)
+    a, b = config_identity(before, unused), config_identity(now, unused)
     return sorted(k for k in set(a) & set(b) if a[k] != b[k])
 
 
@@ -107,7 +98,7 @@ def _refuse_other_config(step_dir: str, meta: dict, identity: dict) -> bool:
     return True
 
 
-def check_config(workdir: str, config) -> None:
+def check_config(workdir: str, config, unused: tuple = ()) -> None:
     """Cheap check before anything is built (plain JSON, no orbax): raises `CheckpointError` when the
     newest readable `latest` checkpoint of `workdir` was trained under another config."""
     folder = os.path.join(os.path.abspath(workdir), "checkpoints", "latest")
@@ -118,7 +109,7 @@ def check_config(workdir: str, config) -> None:
                 meta = json.load(f)
         except (OSError, ValueError):
             continue                      # unreadable: `restore_latest` skips it (or says none is intact)
-        _refuse_other_config(os.path.join(folder, str(step)), meta, config_identity(config))
+        _refuse_other_config(os.path.join(folder, str(step)), meta, config_identity(config, unused))
         return
 
 
@@ -164,13 +155,14 @@ def abstract_like(tree: Any) -> Any:
 
 
 class Checkpoints:
-    """`config`: the run's config; every save records its identity and `restore_latest` refuses another."""
+    """`config`: the run's config; every save records its identity and `restore_latest` refuses another
+    (`unused`: the config sections the method ignores, `config_identity`)."""
 
     def __init__(self, workdir: str, max_to_keep: int = 2, async_save: bool = True, config=None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, unused: tuple = ()):
         root = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.root = root
-        self.identity = None if config is None else config_identity(config)
+        self.identity = None if config is None else config_identity(config, unused)
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._closed = False
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}

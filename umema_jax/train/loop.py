@@ -10,7 +10,6 @@ bit-identical metrics on CPU.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import signal
 import sys
@@ -18,7 +17,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from umema_jax.data.pipeline import eval_batches, num_eval_batches
@@ -26,10 +24,9 @@ from umema_jax.train import sharding as shd
 from umema_jax.train.checkpoint import Checkpoints
 from umema_jax.train.logging import make_tracker
 from umema_jax.train.progress import Progress
-from umema_jax import methods
-from umema_jax.train.state import TrainState, create_train_state
+from umema_jax.train.method import METRIC_PREFIX, Method
+from umema_jax.train.assemble import Setup, assemble_steps
 from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX
-from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
 
 HOST_ONLY_KEYS = ("example_index",)   # batch keys the pipeline adds for bookkeeping; never sent to devices
 
@@ -58,7 +55,7 @@ class Experiment:
     encoded: dict                    # split name -> EncodedDataset
     evaluate: Callable[[str, dict], dict]   # (split, predictions) -> metrics; must hold `primary`
     info: dict = dataclasses.field(default_factory=dict)
-    method: Any = None               # umema_jax.methods.Method; None = the config's `model.method`
+    method: Any = None               # a train.method.Method (umema_jax/methods); None = the plain hooks
 
 
 @dataclasses.dataclass
@@ -160,35 +157,49 @@ def predict(eval_fn, state, frozen, encoded, batch_size: int, pad_multiple: int,
     return result
 
 
-def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunResult:
-    """Trains with early stopping, checkpoints as it goes, resumes when `workdir` holds a checkpoint."""
+@dataclasses.dataclass
+class Plan:
+    """What a run trains with, before its first step: the method, its batches, the step counts and the
+    assembled steps (`train.assemble`)."""
+    method: Any
+    batches: Any
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    steps: Any                # train.assemble.Steps
+
+
+def plan_training(config, exp: Experiment, mesh) -> Plan:
+    """The run's batches and step counts, then its optimizer, state and jitted steps (one assembly,
+    shared with the benchmark)."""
     tcfg, dcfg = config.train, config.data
-    mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
     for name, size in (("train.batch_size", tcfg.batch_size // tcfg.grad_accum_steps),
                        ("train.eval_batch_size", tcfg.eval_batch_size)):
         if size % shd.batch_divisor(mesh):
             raise ValueError(f"{name}={size} (per micro-batch) must be divisible by the {shd.batch_divisor(mesh)} "
                              f"devices the batch is split over")
-
-    method = exp.method if exp.method is not None else methods.from_config(config)
+    method = exp.method if exp.method is not None else Method(config)
     batches = method.train_batches(exp.encoded["train"], tcfg.batch_size, config.seed, dcfg.pad_to_multiple)
     spe = batches.steps_per_epoch
     total_steps = spe * tcfg.epochs if tcfg.max_steps < 0 else min(tcfg.max_steps, spe * tcfg.epochs)
-    eval_every = tcfg.eval_every_steps or spe
-    tx, schedule = method.optimizer(total_steps)
+    steps = assemble_steps(Setup(model=exp.model, frozen=exp.frozen, trainable=exp.trainable, memory=exp.memory),
+                           method, task_type=exp.task_type, total_steps=total_steps,
+                           grad_accum_steps=tcfg.grad_accum_steps, seed=config.seed, mesh=mesh,
+                           fsdp_rules=config.mesh.fsdp_rules)
+    return Plan(method=method, batches=batches, steps_per_epoch=spe, total_steps=total_steps,
+                eval_every=tcfg.eval_every_steps or spe, steps=steps)
 
-    # Placement: frozen backbone by the FSDP rules, everything else replicated.
-    rules = shd.FSDP_RULE_SETS[config.mesh.fsdp_rules]
-    frozen_sh = shd.named(mesh, shd.tree_specs(exp.frozen, rules, mesh))
-    frozen = jax.device_put(exp.frozen, frozen_sh)
-    state = create_train_state(exp.trainable, exp.memory, tx, config.seed, method)
-    state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
-    state = jax.device_put(state, state_sh)
-    train_fn = jit_train_step(make_train_step(exp.model, tx, schedule, exp.task_type, tcfg.grad_accum_steps,
-                                              method=method), state_sh, frozen_sh, shd.batch_sharding(mesh),
-                              shd.replicated(mesh))
-    eval_fn = jit_eval_step(make_eval_step(exp.model, exp.task_type, method), state_sh, frozen_sh,
-                            shd.batch_sharding(mesh), shd.replicated(mesh))
+
+def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunResult:
+    """Trains with early stopping, checkpoints as it goes, resumes when `workdir` holds a checkpoint."""
+    tcfg, dcfg = config.train, config.data
+    mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
+    plan = plan_training(config, exp, mesh)
+    method, batches, spe, total_steps, eval_every = (plan.method, plan.batches, plan.steps_per_epoch,
+                                                     plan.total_steps, plan.eval_every)
+    steps = plan.steps
+    state, frozen, train_fn, eval_fn = steps.state, steps.frozen, steps.train_step, steps.eval_step
+    state_sh, frozen_sh = steps.state_sharding, steps.frozen_sharding
     controller = method.controller(total_steps, spe)
     controller.experiment, controller.mesh = exp, mesh
 
@@ -202,7 +213,7 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
             frozen = jax.device_put(new_frozen, frozen_sh)
         meta["method"] = controller.state_dict()
 
-    ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep, config=config)
+    ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep, config=config, unused=method.unused_config_prefixes())
     meta = {"epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
             "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": [], "method": {}}
     try:
@@ -255,7 +266,7 @@ def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunR
             for k in ("loss", "grad_norm", "learning_rate", "tokens"):
                 window.setdefault(k, []).append(float(m[k]))
             for k in m:        # UM/EMA telemetry (train/telemetry.py) and method metrics, averaged over the window
-                if k.startswith((TELEMETRY_PREFIX, methods.METRIC_PREFIX)):
+                if k.startswith((TELEMETRY_PREFIX, METRIC_PREFIX)):
                     window.setdefault(k, []).append(float(m[k]))
             bar.update(1, tokens=int(m["tokens"]), loss=float(m["loss"]))
             if step % tcfg.log_every_steps == 0 or step == total_steps:

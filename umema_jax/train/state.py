@@ -23,7 +23,7 @@ class TrainState:
     opt_state: Any
     memory: dict             # the model's `memory` collection (EMA bank); {} when absent
     rng: jax.Array           # uint32 [2]; per-step keys are fold_in(rng, step)
-    extra: dict = flax.struct.field(default_factory=dict)   # the method's carried arrays (methods/base.py)
+    extra: dict = flax.struct.field(default_factory=dict)   # the method's carried arrays (train/method.py)
 
 
 def split_params(params: dict, trainable_regex: str) -> tuple[dict, dict]:
@@ -64,10 +64,23 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float) -
     return schedule
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Global-norm clipping then AdamW; weight decay on matrices only (not biases/norms/vectors, `decays`)."""
+def make_optimizer(optim_cfg, total_steps: int, groups=None,
+                   count_shape=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The one optimizer every method uses: global-norm clipping, then AdamW (`adamw`: weight decay on
+    matrices only), then `optim.lr_scale` on the leaves `optim.lr_scale_regex` names, under the linear
+    warm-up / decay schedule. So `optim.*` means the same thing for every method.
+
+    A method whose leaves need their own Adam bookkeeping says so, never builds its own chain:
+    `count_shape` (one group) or `groups = (label_of, {group: adamw keyword arguments})`, `label_of(path)`
+    naming each leaf's group (LISA's blocks, SplitLoRA's per-client copies, ALoRA's rank slots)."""
     schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_ratio)
-    parts = [optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw(optim_cfg, schedule)]
+    if groups is None:
+        body = adamw(optim_cfg, schedule, count_shape)
+    else:
+        label_of, kinds = groups
+        body = optax.multi_transform({name: adamw(optim_cfg, schedule, **kw) for name, kw in kinds.items()},
+                                     lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: label_of(p), tree))
+    parts = [optax.clip_by_global_norm(optim_cfg.grad_clip_norm), body]
     scale = float(optim_cfg.lr_scale)
     if scale != 1.0:              # only then: the optimizer state of every other run keeps its structure
         parts.append(scale_updates_by_path(optim_cfg.lr_scale_regex, scale))
@@ -108,30 +121,51 @@ def is_block_leaf(path) -> bool:
     return any(a == "backbone" and b in BLOCK_SCOPES for a, b in zip(keys, keys[1:]))
 
 
-def decays(path, x) -> bool:
-    """Weight decay on matrices only: ndim >= 2 per layer (a block's stacked bias [L, d] is a vector)."""
-    return x.ndim - (1 if is_block_leaf(path) else 0) >= 2
+def decays(path, x, copies: int = 0) -> bool:
+    """Weight decay on matrices only: ndim >= 2 per layer (a block's stacked bias [L, d] is a vector) and
+    per copy (`copies` leading axes of per-client copies)."""
+    return x.ndim - copies - (1 if is_block_leaf(path) else 0) >= 2
 
 
-def adamw(optim_cfg, schedule: optax.Schedule, count_shape=None) -> optax.GradientTransformation:
-    """The project's AdamW (decay on matrices only, `decays`); methods that group parameters reuse it per group.
+def adamw(optim_cfg, schedule: optax.Schedule, count_shape=None, copies: bool = False) -> optax.GradientTransformation:
+    """The project's AdamW (decay on matrices only, `decays`), for one group of leaves.
     `count_shape`: one bias-correction count per slice of each leaf (`scale_by_counted_adam`), for methods
-    that pause or re-create slices (LISA's blocks, ALoRA's rank slots); None = optax's one count."""
+    that pause or re-create slices (LISA's blocks, ALoRA's rank slots); None = optax's one count.
+    `copies`: the leaves carry a leading axis of independent copies (SplitLoRA's clients), each with its
+    own moments and count (`per_copy`)."""
     o = optim_cfg
-    if count_shape is None:
+    if count_shape is None and not copies:
         return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=_decay_mask)
-    return optax.chain(*counted_adamw_parts(o, schedule, count_shape))
+    adam = optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps) if count_shape is None else \
+        scale_by_counted_adam(o.b1, o.b2, o.eps, count_shape)
+    if copies:
+        adam = per_copy(adam)
+    mask = (lambda tree: jax.tree_util.tree_map_with_path(lambda p, x: decays(p, x, copies=1), tree)) if copies \
+        else _decay_mask
+    return optax.chain(adam, optax.add_decayed_weights(o.weight_decay, mask), optax.scale_by_learning_rate(schedule))
 
 
 def _decay_mask(tree):
     return jax.tree_util.tree_map_with_path(decays, tree)
 
 
-def counted_adamw_parts(optim_cfg, schedule: optax.Schedule, count_shape) -> tuple:
-    """`adamw(..., count_shape)` as its three transformations, for a method that chains more around them."""
-    o = optim_cfg
-    return (scale_by_counted_adam(o.b1, o.b2, o.eps, count_shape),
-            optax.add_decayed_weights(o.weight_decay, _decay_mask), optax.scale_by_learning_rate(schedule))
+class PerCopyState(NamedTuple):
+    inner: optax.OptState          # leaves with a leading copy axis
+
+
+def per_copy(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` applied to each slice of the leading (copy) axis on its own: own moments, own count."""
+    def init(params):
+        if not jax.tree.leaves(params):             # a group with no leaves in this tree
+            return PerCopyState(inner.init(params))
+        return PerCopyState(jax.vmap(inner.init)(params))
+
+    def update(updates, state, params=None):
+        if not jax.tree.leaves(updates):
+            return updates, state
+        updates, new = jax.vmap(lambda u, s: inner.update(u, s))(updates, state.inner)
+        return updates, PerCopyState(new)
+    return optax.GradientTransformation(init, update)
 
 
 class CountedAdamState(NamedTuple):
@@ -168,7 +202,7 @@ def scale_by_counted_adam(b1: float, b2: float, eps: float,
 
 def create_train_state(trainable: dict, memory: dict, tx: optax.GradientTransformation,
                        seed: int, method=None) -> TrainState:
-    """`method` (methods/base.py) supplies the optimizer state's init and the carried `extra`; None = plain."""
+    """`method` (train/method.py) supplies the optimizer state's init and the carried `extra`; None = plain."""
     opt_state = tx.init(trainable) if method is None else method.init_opt_state(tx, trainable)
     extra = {} if method is None else method.init_extra(trainable)
     return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt_state, memory=memory,

@@ -24,11 +24,11 @@ metrics); the loop then stops the run, so the last checkpoint stays good.
 
 What differs between training methods (variables, extra loss, gradient
 transform, the optimizer update, carried `extra`, metrics) comes from the
-`method` (umema_jax/methods/base.py); None = the default method (plain update).
+`method` (the interface of umema_jax/train/method.py); None = the default method (plain update).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ import optax
 
 from umema_jax import runtime
 from umema_jax.memory.bank import write_moments
-from umema_jax.methods.base import METRIC_PREFIX, Method
+from umema_jax.train.method import METRIC_PREFIX, Method
 from umema_jax.train.state import TrainState
 from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX, branch_telemetry
 

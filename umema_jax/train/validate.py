@@ -1,13 +1,14 @@
-"""Config checks that run before anything is loaded or compiled: bad values fail in a second, in one line."""
+"""Config checks that run before anything is loaded or compiled: bad values fail in a second, in one line.
+
+The entry point is `umema_jax.methods.validate_config`: it resolves `model.method` to its class (the
+registry lives with the methods) and calls `validate_config` here with it, so this module checks every
+key without knowing any method by name."""
 from __future__ import annotations
 
 import math
 import os
 import re
 
-from umema_jax import methods as _methods
-
-METHODS = _methods.names()          # every registered method (umema_jax/methods)
 POOLINGS = ("last", "mean")
 DTYPES = ("float32", "bfloat16")
 
@@ -27,10 +28,10 @@ def _check(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate_config(c) -> None:
-    """Raises ConfigError for the first invalid value (config keys as written on the command line)."""
+def validate_config(c, method_cls) -> None:
+    """Raises ConfigError for the first invalid value (config keys as written on the command line).
+    `method_cls`: the class `model.method` selects (its `defaults` and `validate`)."""
     m, d, t, o = c.model, c.data, c.train, c.optim
-    _check(m.method in METHODS, f"model.method={m.method!r}: must be one of {', '.join(METHODS)}")
     from umema_jax.kernels.cpu_gemm import CHOICES
     _check(m.cpu_matmul in CHOICES, f"model.cpu_matmul={m.cpu_matmul!r}: must be one of {', '.join(CHOICES)}")
     _check(m.pooling in POOLINGS, f"model.pooling={m.pooling!r}: must be one of {', '.join(POOLINGS)}")
@@ -48,7 +49,7 @@ def validate_config(c) -> None:
     _check(0.0 <= float(m.lora.dropout) < 1.0, f"model.lora.dropout={m.lora.dropout}: must be in [0, 1)")
     _regex_ok(m.lora.target_regex, "model.lora.target_regex")
     _validate_branches(m)
-    _validate_method(c)
+    _validate_method(c, method_cls)
 
     datasets = known_datasets()
     _check(d.name in datasets, f"data.name={d.name!r}: must be one of {', '.join(datasets)}")
@@ -86,11 +87,6 @@ def validate_config(c) -> None:
         re.compile(o.lr_scale_regex)
     except re.error as err:
         _check(False, f"optim.lr_scale_regex={o.lr_scale_regex!r}: not a regular expression ({err})")
-    from umema_jax.methods import REGISTRY
-    method_cls = REGISTRY.get(c.model.method)
-    _check(float(o.lr_scale) == 1.0 or method_cls is None or method_cls.honours_lr_scale,
-           f"optim.lr_scale={o.lr_scale}: model.method={c.model.method} builds its own optimizer groups; "
-           "leave it at 1")
 
     from umema_jax.train.sharding import FSDP_RULE_SETS
     _check(c.mesh.fsdp_rules in FSDP_RULE_SETS,
@@ -152,13 +148,12 @@ def _validate_branches(m) -> None:
     _check(ema.retrieval in RETRIEVALS, f"model.ema.retrieval={ema.retrieval!r}: must be one of {', '.join(RETRIEVALS)}")
 
 
-def _validate_method(c) -> None:
+def _validate_method(c, cls) -> None:
     """methods.<name>.*: present for the selected method (with its keys) and checked by its own `validate`."""
-    cls = _methods.get(c.model.method)
     if not cls.defaults:
         return
     section = c.get("methods", {}).get(cls.name) if hasattr(c, "get") else None
-    _check(section is not None, f"methods.{cls.name}: missing (configs/common.py builds it from the method's defaults)")
+    _check(section is not None, f"methods.{cls.name}: missing (umema_jax/defaults.py builds it from the method's defaults)")
     unknown = sorted(set(section) - set(cls.defaults))
     _check(not unknown, f"methods.{cls.name}.{unknown[0] if unknown else ''}: unknown key "
                         f"(known: {', '.join(sorted(cls.defaults))})")

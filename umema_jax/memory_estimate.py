@@ -1,6 +1,6 @@
 """Per-device memory of a training setup (any `model.method`) from shapes alone (`jax.eval_shape`: no weights are materialised).
 
-    python -m umema_jax.train.memory_estimate [--model llama3-8b] [--method lora] [--devices 2]
+    python -m umema_jax.memory_estimate [--model llama3-8b] [--method lora] [--devices 2]
         [--compile --batch 8 --seq 512]
 
 Frozen backbone in bf16, FSDP-sharded over the `model` axis by the same rules
@@ -30,40 +30,27 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
              rank: int = 8, compile_step: bool = False, batch: int = 8, seq: int = 512,
              remat: bool = False) -> dict:
     import jax
-    import jax.numpy as jnp
-    from configs.common import base_config
-    from umema_jax.adapters.lora import init_lora
+    from umema_jax import methods
     from umema_jax.backbones.config import get_backbone_config
+    from umema_jax.defaults import base_config
     from umema_jax.model import dummy_batch
     from umema_jax.train import sharding as shd
-    from umema_jax.train.build import model_config_view
-    from umema_jax import methods
-    from umema_jax.train.state import create_train_state
-    from umema_jax.train.step import make_train_step
+    from umema_jax.train.assemble import assemble_steps, build_setup
 
     config = base_config()
     config.model.method = method
     config.model.lora.rank = rank
     config.model.dtype = "bfloat16"
     config.model.remat = remat
-    backbone_cfg = get_backbone_config(model_name)
     meth = methods.from_config(config)
-    model = meth.make_model(model_config_view(config, "cls", num_labels), backbone_cfg)
-    variables = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, dummy_batch((1, 4)), train=False),
-                               jax.random.PRNGKey(0))
-    params = variables["params"]
-    lora = {} if model.lora_cfg is None else jax.eval_shape(
-        lambda r, p: {"backbone": init_lora(r, p, model.lora_cfg, backbone_cfg.arch)},
-        jax.random.PRNGKey(1), params["backbone"])
-    trained, frozen = meth.split(dict(params))
-    frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), frozen)
-    trainable = jax.eval_shape(meth.init_trainable, {"lora": lora, "params": trained})
-    memory = variables.get("memory", {})
-    tx, schedule = meth.optimizer(1000)
-    state = jax.eval_shape(lambda t, m: create_train_state(t, m, tx, 0, meth), trainable, memory)
-
+    # The assembly training uses (train/assemble.py), on shapes only.
+    setup = build_setup(config, meth, "cls", num_labels, get_backbone_config(model_name), abstract=True,
+                        frozen_dtype="bfloat16")
+    frozen, trainable, memory = setup.frozen, setup.trainable, setup.memory
     mesh = shd.make_mesh(1, devices, devices=jax.devices()[:devices])
-    frozen_sh = shd.named(mesh, shd.tree_specs(frozen, shd.DEFAULT_FSDP_RULES, mesh))
+    steps = assemble_steps(setup, meth, task_type="cls", total_steps=1000, grad_accum_steps=1, seed=0, mesh=mesh,
+                           abstract=True)
+    state, frozen_sh = steps.state, steps.frozen_sharding
     rep = lambda tree: jax.tree.map(lambda _: shd.replicated(mesh), tree)  # noqa: E731
     count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))  # noqa: E731
     gib = 2.0 ** 30
@@ -81,15 +68,9 @@ def estimate(model_name: str = "llama3-8b", method: str = "lora", devices: int =
               "per_device_bytes": rows, "per_device_total_gib": sum(rows.values()) / gib,
               "frozen_total_gib_unsharded": count(frozen) * 2 / gib}
     if compile_step:
-        state_sh = rep(state)
-        step = jax.jit(make_train_step(model, tx, schedule, "cls", method=meth),
-                       in_shardings=(state_sh, frozen_sh, shd.batch_sharding(mesh)),
-                       out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
-        b = {k: jax.ShapeDtypeStruct((batch,) + v.shape[1:], v.dtype) for k, v in
-             {**dummy_batch((1, seq)), "labels": jnp.zeros((1,), jnp.int32)}.items()}
         b = {k: jax.ShapeDtypeStruct((batch, seq) if k in ("input_ids", "attention_mask") else (batch,), v.dtype)
-             for k, v in b.items()}
-        analysis = step.lower(state, frozen, b).compile().memory_analysis()
+             for k, v in {**dummy_batch((1, seq)), "labels": jax.numpy.zeros((1,), jax.numpy.int32)}.items()}
+        analysis = steps.train_step.lower(state, frozen, b).compile().memory_analysis()
         report["compiled"] = {"batch": batch, "seq": seq, "remat": remat,
                               "argument_bytes": int(analysis.argument_size_in_bytes),
                               "output_bytes": int(analysis.output_size_in_bytes),

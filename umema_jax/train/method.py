@@ -1,7 +1,9 @@
-"""The method interface: what a training method (LoRA, full FT, LISA, a baseline) may change.
+"""The method interface: the hooks the trainer calls, which a training method (LoRA, full FT, LISA, a
+baseline) may override.
 
-A method is one subclass of `Method` in its own module, registered with
-`@register`. The shared pipeline (`train/build.py`, `train/loop.py`,
+The trainer (`train/`) defines this interface and calls nothing else; it never imports a concrete
+method. A method is one subclass of `Method` in its own module under `umema_jax/methods/`, registered
+there with `@register`. The shared pipeline (`train/build.py`, `train/loop.py`,
 `train/step.py`, `bench.py`) calls these hooks and nothing else, so a new
 method never edits the pipeline. Every hook has a default that is exactly
 plain LoRA training; override only what differs. docs/METHODS.md explains each
@@ -87,20 +89,20 @@ class Method:
 
     Class attributes a subclass sets:
       name      the `model.method` value that selects it
+      label     its name in the paper's tables (the experiment runner's rows)
       family    'adapter' (LR chosen on the LoRA baseline) | 'full_weight' (own LR grid), docs/EXPERIMENTS.md
       use_lora, use_um, use_ema   what `UmemaModel` builds
       defaults  hyper-parameters with their docs/METHODS.md defaults; they become the config keys
                 `methods.<name>.<key>` (read as `self.hp.<key>`); {} = no section
-      honours_lr_scale  False when `optimizer` builds its own groups without `train.state.make_optimizer`,
                 so `optim.lr_scale` would be ignored: validation then refuses lr_scale != 1
     """
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
     family: ClassVar[str] = "adapter"
     use_lora: ClassVar[bool] = True
     use_um: ClassVar[bool] = False
     use_ema: ClassVar[bool] = False
     defaults: ClassVar[dict] = {}
-    honours_lr_scale: ClassVar[bool] = True
 
     def __init__(self, config=None):
         """`config`: the root ConfigDict (None only for tests that call traced hooks directly)."""
@@ -117,8 +119,8 @@ class Method:
         """The flax module (`model_config_view`: what `model.make_model` reads). Must honour the model contract
         (docs/CONTRACTS.md): `apply(variables, batch, train=…) -> ModelOutput`."""
         from umema_jax.model import make_model
-        model = make_model(model_config_view, backbone_cfg)
-        return model if self.use_lora else model.clone(lora_cfg=None)
+        return make_model(model_config_view, backbone_cfg, use_lora=self.use_lora, use_um=self.use_um,
+                          use_ema=self.use_ema)
 
     @property
     def trainable_regex(self) -> str:
@@ -195,19 +197,23 @@ class Method:
         """Parameters one optimizer step can change (reported as "trainable"; LISA: E + H + γ blocks)."""
         return int(sum(x.size for x in jax.tree.leaves(trainable)))
 
+    @classmethod
+    def cost_hints(cls, get, backbone_cfg) -> dict:
+        """What the experiment runner's time estimate needs to know, from config values only
+        (`get(key, default)`, no model is built): `full_gradients` (every weight gets a gradient),
+        `passes` over the training data per epoch, `extra_forward_examples` (forward passes of one
+        example the method spends besides training and evaluation, e.g. scoring)."""
+        full = cls.family == "full_weight" or str(get("train.trainable_regex", "")) == ".*"
+        return {"full_gradients": full, "passes": 1, "extra_forward_examples": 0.0}
+
+    @classmethod
+    def unused_config_prefixes(cls) -> tuple:
+        """`model.um.` / `model.ema.` when the method builds no UM / EMA branch: their settings cannot change
+        its results, so a new default there must not make its runs unresumable or its ledger entries stale."""
+        return tuple(p for p, used in (("model.um.", cls.use_um), ("model.ema.", cls.use_ema)) if not used)
+
     def describe(self) -> dict:
         """Recorded in results.json / info: the method and its hyper-parameters."""
         hp = self.hp.to_dict() if hasattr(self.hp, "to_dict") else (dict(self.hp) if self.hp else {})
         return {"name": self.name, "family": self.family, **({"hp": hp} if hp else {})}
-
-
-REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: makes `model.method=<cls.name>` select `cls`."""
-    if not cls.name or cls.name in REGISTRY:
-        raise ValueError(f"method name {cls.name!r} is empty or already registered")
-    REGISTRY[cls.name] = cls
-    return cls
 
