@@ -1,0 +1,276 @@
+"""Figures 4-6: learning-rate sensitivity, missing data, reliability diagrams."""
+from __future__ import annotations
+
+import os
+
+from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import profiles as P
+from umema_jax.experiments.aggregate import Cell
+from umema_jax.experiments.targets.core import DATASET_LABEL, by, doc_of, one, pair_claim, size_label, train_cell
+
+
+def _figure_seeds(ctx):
+    return ctx.profile.seeds if ctx.profile.name == "paper" else ctx.profile.seeds[:1]
+
+
+def _sweep_cells(ctx, xs, cell) -> list:
+    """The figures' panels {SemEval, PLONER} × backbone, lines {LoRA, Ours} × size, points x in `xs`:
+    `cell(labels, backbone, dataset, method, size, x)` makes each point's cell."""
+    return [cell({"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label, "size": size_label(n),
+                  "x": x}, b, d, m, n, x)
+            for b in ctx.profile.backbones for d in ("semeval", "ploner") for m in (P.LORA, P.OURS)
+            for n in ctx.profile.figure_sizes for x in xs]
+
+
+def fig4_cells(ctx):
+    """Figure 4: LR sensitivity — panels {SemEval, PLONER} × backbone, x = learning rate (log) over the
+    profile's grid, y = test primary metric, one line per train size × {LoRA, Ours}. The LoRA SemEval
+    points at the selection size are lr_select's runs; this figure reads test, but no LR is chosen from it."""
+    return _sweep_cells(ctx, ctx.profile.lr_grid, lambda labels, b, d, m, n, lr: train_cell(
+        ctx, labels, b, d, m, n, seeds=_figure_seeds(ctx), lr=lr))
+
+
+def fig5_cells(ctx):
+    """Figure 5: missing data — panels {SemEval, PLONER} × backbone, x = fraction of input words deleted in
+    train and test (dev clean), y = test primary metric at the chosen LR, lines per size × {LoRA, Ours}.
+    Needs a `data.missing_rate` config key; until it exists the non-zero rates read "not implemented"."""
+    supported = P.missing_data_supported()
+
+    def cell(labels, b, d, m, n, rate):
+        if rate and not supported:
+            return Cell(labels, status=A.NOT_IMPLEMENTED, note="no data.missing_rate key")
+        extra = (("data.missing_rate", float(rate)),) if rate else ()
+        return train_cell(ctx, labels, b, d, m, n, seeds=_figure_seeds(ctx), extra=extra)
+
+    return _sweep_cells(ctx, ctx.profile.missing_rates, cell)
+
+
+def _curves_png(ctx, results, name, xlabel, logx):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    panels = []
+    for r in results:
+        key = (r.cell.labels["dataset"], r.cell.labels["backbone"])
+        if key not in panels:
+            panels.append(key)
+    fig = Figure(figsize=(5 * len(panels), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    missing = 0
+    for ax, (d, b) in zip(axes, panels):
+        lines = {}
+        for r in by(results, dataset=d, backbone=b):
+            lines.setdefault((r.cell.labels["method"], r.cell.labels["size"]), []).append(r)
+        plotted = False
+        for (m, n), rs in lines.items():
+            pts = [(r.cell.labels["x"], r.mean, r.std or 0.0) for r in rs if r.mean is not None]
+            missing += len(rs) - len(pts)
+            plotted = plotted or bool(pts)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3,
+                            label=f"{m} {n}")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test metric (%)")
+        ax.set_title(f"{d} · {b}")
+        if plotted:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{name} ({ctx.profile.name} profile; {missing} points not computed)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ctx.out, f"{name}.png"), dpi=110)
+
+
+def _series_claims(results, cid_shape, shape_text, shape_fn, ctx):
+    """Curve-shape claims judged on means per line; with one seed they can only be 'cannot tell'."""
+    lines = {}
+    for r in results:
+        lines.setdefault((r.cell.labels["dataset"], r.cell.labels["backbone"], r.cell.labels["method"],
+                          r.cell.labels["size"]), []).append(r)
+    ok, total, computed = [], 0, 0
+    for key, rs in lines.items():
+        total += 1
+        pts = [(r.cell.labels["x"], r.mean) for r in rs if r.mean is not None]
+        if len(pts) == len(rs) and pts:
+            computed += 1
+            ok.append(shape_fn(pts))
+    if not computed:
+        verdict = A.NOT_COMPUTED
+    elif not all(ok):
+        verdict = A.CONTRADICTS if len(_figure_seeds(ctx)) > 1 else A.CANNOT_TELL
+    else:
+        verdict = A.SUPPORTS if computed == total and len(_figure_seeds(ctx)) > 1 else A.CANNOT_TELL
+    return A.claim(cid_shape, shape_text, verdict, f"shape holds on {sum(ok)} of {computed} complete lines "
+                   f"({total} lines; {len(_figure_seeds(ctx))} seed(s) per point)")
+
+
+def _size_claim(results, ctx, cid="C11"):
+    comps = []
+    for r in results:
+        n = r.cell.labels.get("size")
+        for smaller in ("n=200", "n=500"):
+            if (n, smaller) not in (("n=500", "n=200"), ("n=1000", "n=500")):
+                continue
+            key = {k: v for k, v in r.cell.labels.items() if k != "size"}
+            other = one(results, size=smaller, **key)
+            if other is not None:
+                comps.append({**key, "better": n, "worse": smaller, **A.compare(r, other)})
+    v, d = A.combine(comps)
+    if not comps:
+        v, d = A.NOT_COMPUTED, f"profile `{ctx.profile.name}` draws sizes {list(ctx.profile.figure_sizes)} only"
+    return A.claim(cid, "1000 > 500 > 200 at every point (paper §4.5, §4.6)", v, d, comps)
+
+
+def _backbone_claim(results, ctx, cid="C12"):
+    if len(ctx.profile.backbones) < 2:
+        return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S", A.NOT_COMPUTED,
+                       f"profile `{ctx.profile.name}` has one backbone")
+    order = [b.label for b in ctx.profile.backbones]
+    comps = []
+    for r in results:
+        if r.cell.labels.get("backbone") not in order[1:]:
+            continue
+        prev = order[order.index(r.cell.labels["backbone"]) - 1]
+        key = {k: v for k, v in r.cell.labels.items() if k != "backbone"}
+        other = one(results, backbone=prev, **key)
+        if other is not None:
+            comps.append({**key, "better": r.cell.labels["backbone"], "worse": prev, **A.compare(r, other)})
+    v, d = A.combine(comps)
+    return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S (paper §4.5–4.7, §4.9)", v, d, comps)
+
+
+def _figure_body(ctx, results, name, xname):
+    body = [f"![{name}]({name}.png)", "", "Values (test primary metric, %):", ""]
+    body += A.pivot(results, ("backbone", "dataset", "method", "size"), ("x",), col_name=lambda ck: f"{xname} {ck[0]}")
+    stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
+    if stand_in:
+        body += ["", f"Stand-ins in this profile: {', '.join(stand_in)} (labels keep the paper's panel names)."]
+    return body
+
+
+def fig4_render(ctx, results):
+    def peak_shape(pts):
+        pts = sorted(pts)
+        xs, ys = zip(*pts)
+        best = xs[ys.index(max(ys))]
+        falls = [y for x, y in pts if x >= 5e-4]
+        return 1e-4 <= best <= 5e-4 and all(a >= b for a, b in zip(falls, falls[1:]))
+    os.makedirs(ctx.out, exist_ok=True)
+    _curves_png(ctx, results, "fig4", "learning rate", True)
+    claims = [_series_claims(results, "C10", "rises to a peak near 2e-4, falls at 5e-4 and 1e-3 (paper §4.5)", peak_shape,
+                             ctx),
+              _size_claim(results, ctx), _backbone_claim(results, ctx)]
+    A.write(ctx.out, "fig4", "Figure 4: learning-rate sensitivity", ctx, _figure_body(ctx, results, "fig4", "lr"),
+            claims, results, doc=doc_of(fig4_cells))
+
+
+def fig5_render(ctx, results):
+    def monotone(pts):
+        ys = [y for _, y in sorted(pts)]
+        return all(a >= b for a, b in zip(ys, ys[1:]))
+    os.makedirs(ctx.out, exist_ok=True)
+    _curves_png(ctx, results, "fig5", "missing rate", False)
+    claims = [_series_claims(results, "C13", "monotone decrease with missing rate (paper §4.6)", monotone, ctx),
+              _size_claim(results, ctx), _backbone_claim(results, ctx)]
+    slopes = {}
+    for r in results:
+        if r.mean is None:
+            continue
+        key = (r.cell.labels["backbone"], r.cell.labels["method"], r.cell.labels["size"])
+        slopes.setdefault(key, {}).setdefault(r.cell.labels["dataset"], []).append((r.cell.labels["x"], r.mean))
+    faster = []
+    for key, per in slopes.items():
+        if len(per) == 2 and all(len(v) >= 2 for v in per.values()):
+            drop = {d: (max(v)[1] - min(v)[1]) / (max(v)[0] - min(v)[0]) for d, v in per.items()}
+            faster.append(drop.get("PLONER", 0) < drop.get("SemEval", 0))
+    claims.append(A.claim("C13b", "PLONER drops faster than SemEval (paper §4.6)",
+                          A.NOT_COMPUTED if not faster else A.CANNOT_TELL if len(_figure_seeds(ctx)) < 2 else
+                          A.SUPPORTS if all(faster) else A.CONTRADICTS,
+                          f"PLONER slope steeper in {sum(faster)}/{len(faster)} lines"))
+    A.write(ctx.out, "fig5", "Figure 5: robustness to missing words", ctx, _figure_body(ctx, results, "fig5", "rate"),
+            claims, results, doc=doc_of(fig5_cells))
+
+
+def fig6_cells(ctx):
+    """Figure 6: reliability diagrams — panels {20News, WNUT17} × backbone (and SemEval, the comparison's
+    dataset, as an extra panel), LoRA vs +UM vs Ours at the largest size, seed 0, drawn from the runs'
+    per-example records (test); each curve's legend carries the run's ECE. No new runs (table5/table6's)."""
+    n = ctx.profile.sizes[-1]
+    cells = []
+    for b in ctx.profile.backbones:
+        for d in ("20news", "wnut17", "semeval"):
+            for m in (P.LORA, P.UM, P.OURS):
+                cells.append(train_cell(ctx, {"backbone": b.label, "dataset": DATASET_LABEL[d], "method": m.label},
+                                        b, d, m, n, seeds=ctx.profile.seeds[:1], metric="test.ece"))
+    return cells
+
+
+def _confidences(path: str):
+    """(confidence, correct) over every scored test target (examples; NER: scored words) of a run's
+    per-example record."""
+    test = A._load_record(path)["test"]
+    return test.probs.max(-1), test.probs.argmax(-1) == test.labels
+
+
+def fig6_render(ctx, results):
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    os.makedirs(ctx.out, exist_ok=True)
+    panels = []
+    for r in results:
+        key = (r.cell.labels["dataset"], r.cell.labels["backbone"])
+        if key not in panels:
+            panels.append(key)
+    fig = Figure(figsize=(5 * max(1, len(panels)), 5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    bins, curves, drawn = 15, {}, set()
+    for ax, (d, b) in zip(axes, panels):
+        ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        for r in by(results, dataset=d, backbone=b):
+            path = r.records.get(r.cell.specs[0].get("seed", 0)) if r.cell.specs else None
+            if path is None or r.mean is None:
+                continue
+            conf, correct = map(np.asarray, _confidences(path))
+            idx = np.minimum((conf * bins).astype(int), bins - 1)
+            xs, ys = [], []
+            for k in range(bins):
+                sel = idx == k
+                if sel.any():
+                    xs.append(float(conf[sel].mean()))
+                    ys.append(float(correct[sel].mean()))
+            curves[f"{d}|{b}|{r.cell.labels['method']}"] = {"confidence": xs, "accuracy": ys}
+            drawn.add((d, b))
+            ax.plot(xs, ys, marker="o", label=f"{r.cell.labels['method']} (ECE {100 * r.mean:.2f}%)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{d} · {b} (test)")
+        if (d, b) in drawn:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ctx.out, "fig6.png"), dpi=110)
+    body = ["![fig6](fig6.png)", "", "Test ECE (%, 15 bins, top-label) of each curve:", ""]
+    body += A.pivot(results, ("backbone", "method"), ("dataset",))
+    stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
+    if stand_in:
+        body += ["", f"Stand-ins in this profile: {', '.join(stand_in)}."]
+    c14 = pair_claim(results, "C14", "+UM closer to the diagonal than LoRA (lower ECE) (paper §4.7)", P.UM.label,
+                      P.LORA.label, higher=False)
+    gaps = {}
+    for r in by(results, method=P.UM.label):
+        if r.cell.labels["dataset"] not in ("20News", "WNUT17"):       # the paper's two panels
+            continue
+        lora = one(results, method=P.LORA.label, dataset=r.cell.labels["dataset"], backbone=r.cell.labels["backbone"])
+        if lora is not None and lora.mean is not None and r.mean is not None:
+            gaps.setdefault(r.cell.labels["backbone"], {})[r.cell.labels["dataset"]] = lora.mean - r.mean
+    largest = [max(g, key=g.get) == "WNUT17" for g in gaps.values() if len(g) >= 2]
+    c14b = A.claim("C14b", "largest LoRA→+UM ECE gap on WNUT17 (paper §4.7)",
+                   A.NOT_COMPUTED if not largest else A.CANNOT_TELL,
+                   f"largest on WNUT17 for {sum(largest)}/{len(largest)} backbones (one seed per panel: no noise "
+                   f"estimate)" if largest else "needs both panels")
+    A.write(ctx.out, "fig6", "Figure 6: reliability diagrams", ctx, body, [c14, c14b, _backbone_claim(results, ctx)],
+            results, {"curves": curves}, doc=doc_of(fig6_cells))
