@@ -191,166 +191,189 @@ def plan_training(config, exp: Experiment, mesh) -> Plan:
 
 
 def train_and_evaluate(config, workdir: str, exp: Experiment, mesh=None) -> RunResult:
-    """Trains with early stopping, checkpoints as it goes, resumes when `workdir` holds a checkpoint."""
-    tcfg, dcfg = config.train, config.data
+    """Trains with early stopping, checkpoints as it goes, resumes when `workdir` holds a checkpoint,
+    and scores dev and test from the best checkpoint read back from disk."""
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
-    plan = plan_training(config, exp, mesh)
-    method, batches, spe, total_steps, eval_every = (plan.method, plan.batches, plan.steps_per_epoch,
-                                                     plan.total_steps, plan.eval_every)
-    steps = plan.steps
-    state, frozen, train_fn, eval_fn = steps.state, steps.frozen, steps.train_step, steps.eval_step
-    state_sh, frozen_sh = steps.state_sharding, steps.frozen_sharding
-    controller = method.controller(total_steps, spe)
-    controller.experiment, controller.mesh = exp, mesh
-
-    def host_hook(result) -> None:
-        """Takes a controller hook's (state, frozen); a replaced state goes back onto the state's shardings."""
-        nonlocal state, frozen
-        new_state, new_frozen = result
-        if new_state is not state:
-            state = jax.device_put(new_state, state_sh)
-        if new_frozen is not frozen:
-            frozen = jax.device_put(new_frozen, frozen_sh)
-        meta["method"] = controller.state_dict()
-
-    ckpt = Checkpoints(workdir, max_to_keep=tcfg.max_to_keep, config=config, unused=method.unused_config_prefixes())
-    meta = {"epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
-            "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": [], "method": {}}
+    trainer = Trainer(config, workdir, exp, mesh)
     try:
-        restored = ckpt.restore_latest(state)        # CheckpointError: another config / none intact
-    except BaseException:
-        ckpt.close()
-        raise
-    resume_step = 0                      # logs and best-checkpoints past this step are from a dead run
-    if restored is not None:
-        state, meta = restored
-        resume_step = int(state.step)
-        controller.load_state_dict(meta.get("method") or {})
-        host_hook(controller.after_restore(state, frozen))
-    ckpt.discard_after(resume_step)
-    tracker = make_tracker(workdir, tensorboard=config.output.tensorboard, resume_step=resume_step)
-    controller.log = lambda at, scalars: tracker.log(at, "method", scalars)
-    start = int(jax.device_get(state.step))
-    bar = Progress(total_steps, initial=start, desc="train", enabled=config.output.progress_bar)
-    if restored is not None:
-        bar.write(f"resumed from step {resume_step} (epoch {meta['epoch']}, batch {meta['step_in_epoch']})")
+        trainer.fit()
+        return trainer.final_evaluation()
+    finally:
+        trainer.ckpt.close()
 
-    def evaluate_dev(step: int) -> None:
-        preds = predict(eval_fn, state, frozen, exp.encoded["dev"], tcfg.eval_batch_size,
-                        dcfg.pad_to_multiple, mesh, config.output.progress_bar, "dev")
-        metrics = exp.evaluate("dev", preds)
+
+class Trainer:
+    """One run's training state, explicit: the placed `state` and `frozen` trees, the checkpoint `meta`
+    (data position, early stopping, history), the checkpoints, the metric tracker and the queue of step
+    metrics not yet fetched. `fit` trains (resuming), `final_evaluation` scores the best checkpoint."""
+
+    def __init__(self, config, workdir: str, exp: Experiment, mesh):
+        self.config, self.workdir, self.exp, self.mesh = config, workdir, exp, mesh
+        self.plan = plan = plan_training(config, exp, mesh)
+        self.method, steps = plan.method, plan.steps
+        self.state, self.frozen = steps.state, steps.frozen
+        self.controller = self.method.controller(plan.total_steps, plan.steps_per_epoch)
+        self.controller.experiment, self.controller.mesh = exp, mesh
+        self.meta = {"epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
+                     "evals_since_best": 0, "stopped_early": False, "history": [], "epoch_times": [], "method": {}}
+        self.ckpt = Checkpoints(workdir, max_to_keep=config.train.max_to_keep, config=config,
+                                unused=self.method.unused_config_prefixes())
+        try:
+            restored = self.ckpt.restore_latest(self.state)   # CheckpointError: another config / none intact
+        except BaseException:
+            self.ckpt.close()
+            raise
+        self.resume_step = 0              # logs and best-checkpoints past this step are from a dead run
+        if restored is not None:
+            self.state, self.meta = restored
+            self.resume_step = int(self.state.step)
+            self.controller.load_state_dict(self.meta.get("method") or {})
+            self.host_hook(self.controller.after_restore(self.state, self.frozen))
+        self.ckpt.discard_after(self.resume_step)
+        self.restored = restored is not None
+        self.pending: list = []           # (step, metrics on device): fetched one step late, no host sync
+        self.window: dict = {}            # step metrics averaged over the logging window
+
+    # ------------------------------------------------------------------ between steps
+    def host_hook(self, result) -> None:
+        """Takes a controller hook's (state, frozen); a replaced tree goes back onto its shardings."""
+        new_state, new_frozen = result
+        if new_state is not self.state:
+            self.state = jax.device_put(new_state, self.plan.steps.state_sharding)
+        if new_frozen is not self.frozen:
+            self.frozen = jax.device_put(new_frozen, self.plan.steps.frozen_sharding)
+        self.meta["method"] = self.controller.state_dict()
+
+    def evaluate_dev(self, step: int) -> None:
+        tcfg, meta = self.config.train, self.meta
+        preds = predict(self.plan.steps.eval_step, self.state, self.frozen, self.exp.encoded["dev"],
+                        tcfg.eval_batch_size, self.config.data.pad_to_multiple, self.mesh,
+                        self.config.output.progress_bar, "dev")
+        metrics = self.exp.evaluate("dev", preds)
         primary = float(metrics["primary"])
-        tracker.log(step, "dev", metrics)
+        self.tracker.log(step, "dev", metrics)
         meta["history"].append({"step": step, "dev_primary": primary})
         improved = meta["best_metric"] is None or primary > meta["best_metric"]
         if improved:
             meta.update(best_metric=primary, best_step=step, evals_since_best=0)
-            ckpt.save_best(step, state, dict(meta), primary)   # before `latest`: see discard_after
+            self.ckpt.save_best(step, self.state, dict(meta), primary)   # before `latest`: see discard_after
         else:
             meta["evals_since_best"] += 1
-        bar.write(f"step {step}: dev {metrics.get('primary_name', 'primary')}={primary:.4f}"
-                  f"{' (best)' if improved else ''}")
+        self.bar.write(f"step {step}: dev {metrics.get('primary_name', 'primary')}={primary:.4f}"
+                       f"{' (best)' if improved else ''}")
 
-    pending: list = []          # (step, metrics on device): fetched one step late, no sync in the hot path
-    window: dict = {}
-    epoch_clock = time.perf_counter()
-
-    def drain(keep: int = 0) -> None:
+    def drain(self, keep: int = 0) -> None:
         """Fetches queued step metrics (all but the newest `keep`), stopping on a non-finite loss."""
-        while len(pending) > keep:
-            step, m = pending.pop(0)
+        window, total_steps = self.window, self.plan.total_steps
+        while len(self.pending) > keep:
+            step, m = self.pending.pop(0)
             m = jax.device_get(m)
             if not int(m["finite"]):
                 raise NonFiniteLoss(f"non-finite loss/gradient at step {step} (loss={float(m['loss'])}, "
-                                    f"grad_norm={float(m['grad_norm'])})")   # + what is on disk: below
+                                    f"grad_norm={float(m['grad_norm'])})")   # + what is on disk: `fit`
             for k in ("loss", "grad_norm", "learning_rate", "tokens"):
                 window.setdefault(k, []).append(float(m[k]))
             for k in m:        # UM/EMA telemetry (train/telemetry.py) and method metrics, averaged over the window
                 if k.startswith((TELEMETRY_PREFIX, METRIC_PREFIX)):
                     window.setdefault(k, []).append(float(m[k]))
-            bar.update(1, tokens=int(m["tokens"]), loss=float(m["loss"]))
-            if step % tcfg.log_every_steps == 0 or step == total_steps:
+            self.bar.update(1, tokens=int(m["tokens"]), loss=float(m["loss"]))
+            if step % self.config.train.log_every_steps == 0 or step == total_steps:
                 logged = {k: float(np.mean(v)) for k, v in window.items()}
                 logged["learning_rate"] = window["learning_rate"][-1]
                 logged["tokens"] = float(np.sum(window["tokens"]))
-                tracker.log(step, "train", logged)
+                self.tracker.log(step, "train", logged)
                 window.clear()
 
-    train_time_base, session_clock = float(meta.get("train_time_s", 0.0)), time.perf_counter()
+    def checkpoint(self, step: int) -> None:
+        self.drain()
+        self.meta["train_time_s"] = self.train_time_base + time.perf_counter() - self.session_clock
+        self.ckpt.save_latest(step, self.state, dict(self.meta))
 
-    def checkpoint(step: int) -> None:
-        drain()
-        meta["train_time_s"] = train_time_base + time.perf_counter() - session_clock
-        ckpt.save_latest(step, state, dict(meta))
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> None:
+        config, tcfg, meta, plan = self.config, self.config.train, self.meta, self.plan
+        total_steps, spe, train_fn = plan.total_steps, plan.steps_per_epoch, plan.steps.train_step
+        self.tracker = make_tracker(self.workdir, tensorboard=config.output.tensorboard, resume_step=self.resume_step)
+        self.controller.log = lambda at, scalars: self.tracker.log(at, "method", scalars)
+        start = int(jax.device_get(self.state.step))
+        self.bar = bar = Progress(total_steps, initial=start, desc="train", enabled=config.output.progress_bar)
+        if self.restored:
+            bar.write(f"resumed from step {self.resume_step} (epoch {meta['epoch']}, batch {meta['step_in_epoch']})")
+        epoch_clock = time.perf_counter()
+        self.train_time_base, self.session_clock = float(meta.get("train_time_s", 0.0)), time.perf_counter()
+        step = start
+        try:
+            with _Signals() as signals:
+                if step < total_steps and not meta["stopped_early"]:
+                    for epoch, k, batch in plan.batches.iterate(meta["epoch"], meta["step_in_epoch"], tcfg.epochs):
+                        self.host_hook(self.controller.before_step(step, self.state, self.frozen))
+                        self.state, m = train_fn(self.state, self.frozen, _device_batch(batch, self.mesh))
+                        step += 1
+                        self.pending.append((step, m))
+                        self.drain(keep=1)
+                        meta["epoch"], meta["step_in_epoch"] = (epoch + 1, 0) if k + 1 == spe else (epoch, k + 1)
+                        if k + 1 == spe:
+                            self.drain()
+                            meta["epoch_times"].append(time.perf_counter() - epoch_clock)
+                            epoch_clock = time.perf_counter()
+                            self.host_hook(self.controller.end_epoch(epoch, step, self.state, self.frozen))
+                        at_eval = step % plan.eval_every == 0 or step == total_steps
+                        if at_eval:
+                            self.drain()
+                            self.evaluate_dev(step)
+                            if tcfg.early_stopping_patience and meta["evals_since_best"] >= tcfg.early_stopping_patience:
+                                meta["stopped_early"] = True
+                        if at_eval or step % tcfg.checkpoint_every_steps == 0 or step == total_steps \
+                                or meta["stopped_early"]:
+                            self.checkpoint(step)
+                        if signals.received is not None:
+                            self.checkpoint(step)
+                            raise Interrupted(f"interrupted by signal {signals.received} at step {step}")
+                        if step >= total_steps or meta["stopped_early"]:
+                            break
+                self.drain()
+                self.checkpoint(step)
+                self.ckpt.wait()
+        except BaseException as err:
+            # Every other way out: finish the pending saves (else the interpreter's exit kills them
+            # half-written) and say which step is really on disk.
+            kept = self.ckpt.settle()
+            if isinstance(err, NonFiniteLoss):
+                raise NonFiniteLoss(f"{err}; stopped, {_on_disk(kept)}") from None
+            if isinstance(err, Interrupted):
+                raise Interrupted(f"{err}; " + (f"checkpoint saved at step {kept}" if kept is not None else
+                                                "no checkpoint saved") +
+                                  " — re-run the same command to resume") from None
+            bar.write(f"stopped at step {step} by {type(err).__name__}; {_on_disk(kept)}")
+            raise
+        finally:
+            bar.close()
+            self.tracker.close()
+        self.last_step = step
 
-    step = start
-    try:
-        with _Signals() as signals:
-            if step < total_steps and not meta["stopped_early"]:
-                for epoch, k, batch in batches.iterate(meta["epoch"], meta["step_in_epoch"], tcfg.epochs):
-                    host_hook(controller.before_step(step, state, frozen))
-                    state, m = train_fn(state, frozen, _device_batch(batch, mesh))
-                    step += 1
-                    pending.append((step, m))
-                    drain(keep=1)
-                    meta["epoch"], meta["step_in_epoch"] = (epoch + 1, 0) if k + 1 == spe else (epoch, k + 1)
-                    if k + 1 == spe:
-                        drain()
-                        meta["epoch_times"].append(time.perf_counter() - epoch_clock)
-                        epoch_clock = time.perf_counter()
-                        host_hook(controller.end_epoch(epoch, step, state, frozen))
-                    at_eval = step % eval_every == 0 or step == total_steps
-                    if at_eval:
-                        drain()
-                        evaluate_dev(step)
-                        if tcfg.early_stopping_patience and meta["evals_since_best"] >= tcfg.early_stopping_patience:
-                            meta["stopped_early"] = True
-                    if at_eval or step % tcfg.checkpoint_every_steps == 0 or step == total_steps \
-                            or meta["stopped_early"]:
-                        checkpoint(step)
-                    if signals.received is not None:
-                        checkpoint(step)
-                        raise Interrupted(f"interrupted by signal {signals.received} at step {step}")
-                    if step >= total_steps or meta["stopped_early"]:
-                        break
-            drain()
-            checkpoint(step)
-            ckpt.wait()
-    except BaseException as err:
-        # Every other way out: finish the pending saves (else the interpreter's exit kills them
-        # half-written) and say which step is really on disk.
-        kept = ckpt.settle()
-        if isinstance(err, NonFiniteLoss):
-            raise NonFiniteLoss(f"{err}; stopped, {_on_disk(kept)}") from None
-        if isinstance(err, Interrupted):
-            raise Interrupted(f"{err}; " + (f"checkpoint saved at step {kept}" if kept is not None else
-                                            "no checkpoint saved") +
-                              " — re-run the same command to resume") from None
-        bar.write(f"stopped at step {step} by {type(err).__name__}; {_on_disk(kept)}")
-        raise
-    finally:
-        bar.close()
-        tracker.close()
-
-    method_state = controller.state_dict()        # end of training (the best checkpoint may be older)
-    # Final numbers come from the best checkpoint as stored on disk (same path for resumed runs).
-    best = ckpt.restore_best(state)
-    best_state, best_meta = best if best is not None else (state, dict(meta, best_step=step))
-    if best is not None:
-        controller.load_state_dict(best_meta.get("method") or {})
-        best_state, frozen = controller.after_restore(best_state, frozen)
-    elif meta.get("best_step") not in (None, step):
-        print(f"warning: no best checkpoint in {os.path.join(workdir, 'checkpoints', 'best')} (best dev step was "
-              f"{meta['best_step']}); final numbers are of the last state, step {step}", file=sys.stderr, flush=True)
-    results, predictions = {}, {}
-    for split in ("dev", "test"):
-        preds = predict(eval_fn, best_state, frozen, exp.encoded[split], tcfg.eval_batch_size,
-                        dcfg.pad_to_multiple, mesh, config.output.progress_bar, split)
-        results[split] = exp.evaluate(split, preds)
-        predictions[split] = preds
-    ckpt.close()
-    return RunResult(dev=results["dev"], test=results["test"], predictions=predictions,
-                     best_step=int(best_meta.get("best_step") or step), steps=step,
-                     stopped_early=bool(meta["stopped_early"]), epoch_times=list(meta["epoch_times"]),
-                     history=list(meta["history"]), train_time_s=float(meta.get("train_time_s", 0.0)),
-                     method_state=method_state)
+    def final_evaluation(self) -> RunResult:
+        """Dev and test scored from the best checkpoint as stored on disk (the same path for resumed runs)."""
+        meta, step, config = self.meta, self.last_step, self.config
+        method_state = self.controller.state_dict()        # end of training (the best checkpoint may be older)
+        best = self.ckpt.restore_best(self.state)
+        best_state, best_meta = best if best is not None else (self.state, dict(meta, best_step=step))
+        frozen = self.frozen
+        if best is not None:
+            self.controller.load_state_dict(best_meta.get("method") or {})
+            best_state, frozen = self.controller.after_restore(best_state, frozen)
+        elif meta.get("best_step") not in (None, step):
+            print(f"warning: no best checkpoint in {os.path.join(self.workdir, 'checkpoints', 'best')} (best dev step "
+                  f"was {meta['best_step']}); final numbers are of the last state, step {step}", file=sys.stderr,
+                  flush=True)
+        results, predictions = {}, {}
+        for split in ("dev", "test"):
+            preds = predict(self.plan.steps.eval_step, best_state, frozen, self.exp.encoded[split],
+                            config.train.eval_batch_size, config.data.pad_to_multiple, self.mesh,
+                            config.output.progress_bar, split)
+            results[split] = self.exp.evaluate(split, preds)
+            predictions[split] = preds
+        return RunResult(dev=results["dev"], test=results["test"], predictions=predictions,
+                         best_step=int(best_meta.get("best_step") or step), steps=step,
+                         stopped_early=bool(meta["stopped_early"]), epoch_times=list(meta["epoch_times"]),
+                         history=list(meta["history"]), train_time_s=float(meta.get("train_time_s", 0.0)),
+                         method_state=method_state)
