@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from umema_jax.backbones.config import get_backbone_config
-from umema_jax.bench import step_flops
+from umema_jax.flops import step_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ("method", "backbone", "task", "seq_len", "batch", "dtype", "devices", "tokens_per_s", "step_s",

@@ -15,7 +15,7 @@ import pytest
 
 from umema_jax.adapters.lora import LoraConfig
 from umema_jax.backbones.config import NAMED_CONFIGS, get_backbone_config
-from umema_jax.bench import _linear_shapes
+from umema_jax.flops import linear_shapes
 from umema_jax.kernels import cpu_gemm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +25,7 @@ U32 = 2.0 ** -24
 
 def _backbone_shapes():
     """Every distinct (in, out) Dense shape of every named backbone."""
-    return sorted({(i, o) for cfg in NAMED_CONFIGS.values() for _, i, o in _linear_shapes(cfg)})
+    return sorted({(i, o) for cfg in NAMED_CONFIGS.values() for _, i, o in linear_shapes(cfg)})
 
 
 def _bound(a, b, k):

@@ -63,7 +63,7 @@ def machine() -> dict:
         scale = max(1, os.cpu_count() or 1) / CPU_REF["cores"]
         return {"platform": f"cpu ({os.cpu_count()} cores)", "train": scale * ref_train / CPU_REF["step_s"],
                 "eval": scale * ref_eval / CPU_REF["eval_s_per_example"]}
-    from umema_jax.bench import peak_flops
+    from umema_jax.flops import peak_flops
     peak = peak_flops(dev, "bfloat16", 0.0) or 100e12
     return {"platform": f"{dev.platform} {getattr(dev, 'device_kind', '')}", "train": 0.3 * peak, "eval": 0.3 * peak}
 
