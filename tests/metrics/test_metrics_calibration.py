@@ -82,4 +82,39 @@ def test_uncertainty_quality_reports_each_score_against_maxprob():
     errors = probs.argmax(-1) != labels
     out = uncertainty_quality(probs, labels, {"u_bar": errors + 0.01 * r.rand(200), "u_ale": np.ones(200)})
     assert out["auroc_error_u_bar"] == 1.0 and out["auroc_error_u_ale"] == 0.5
-    assert set(out) == {"auroc_error_maxprob", "auroc_error_u_bar", "auroc_error_u_ale"}
+    assert {k for k in out if k.startswith("auroc_error_")} == {"auroc_error_maxprob", "auroc_error_u_bar",
+                                                                 "auroc_error_u_ale"}
+
+
+def test_prediction_rejection_ratio_between_random_and_oracle():
+    """PRR as lm-polygraph normalises it: 1 when the errors are rejected first, 0 in expectation for a
+    random order, negative when the correct predictions go first; checked against a direct loop over
+    rejection levels (the mean accuracy of what is kept)."""
+    from umema_jax.metrics.calibration import prediction_rejection_ratio
+    correct = np.array([1, 1, 0, 1, 0, 1, 1, 0], bool)
+    oracle_unc = (~correct).astype(float) + np.linspace(0, 0.1, 8)
+    assert prediction_rejection_ratio(oracle_unc, correct) == pytest.approx(1.0)
+    assert prediction_rejection_ratio(-oracle_unc, correct) < 0
+
+    def direct(unc):
+        order = np.argsort(unc, kind="stable")
+        curve = [correct[order[:k]].mean() for k in range(1, len(unc) + 1)]   # keep the k most certain
+        best = [np.sort(correct)[::-1][:k].mean() for k in range(1, len(unc) + 1)]
+        return (np.mean(curve) - correct.mean()) / (np.mean(best) - correct.mean())
+
+    rng = np.random.default_rng(0)
+    draws = [rng.normal(size=8) for _ in range(200)]
+    for unc in draws[:5]:
+        assert prediction_rejection_ratio(unc, correct) == pytest.approx(direct(unc))
+    assert abs(np.mean([prediction_rejection_ratio(u, correct) for u in draws])) < 0.1
+    assert np.isnan(prediction_rejection_ratio([0.1, 0.2], [True, True]))
+
+
+def test_uncertainty_quality_reports_auroc_aurc_and_prr_for_every_score():
+    from umema_jax.metrics.evaluate import uncertainty_quality
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])
+    out = uncertainty_quality(probs, labels, {"u_bar": np.array([0.1, 0.9, 0.2, 0.3])})
+    assert set(out) == {f"{m}_{s}" for m in ("auroc_error", "aurc", "prr") for s in ("maxprob", "u_bar")}
+    assert out["aurc_maxprob"] == pytest.approx(aurc(probs, labels))
+    assert out["auroc_error_u_bar"] == pytest.approx(1.0) and out["prr_u_bar"] == pytest.approx(1.0)

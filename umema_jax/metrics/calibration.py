@@ -125,6 +125,23 @@ def aurc(probs, labels, confidence=None) -> float:
     return float(risk.mean()) if risk.size else float("nan")
 
 
+def prediction_rejection_ratio(uncertainty, correct) -> float:
+    """PRR, normalised as lm-polygraph's `PredictionRejectionArea`: the area under the curve of accuracy
+    on the examples kept when the most uncertain are rejected first, between random rejection (0) and
+    rejecting exactly the errors first (1). Higher is better; NaN when all or none are correct."""
+    unc = np.asarray(uncertainty, dtype=np.float64).reshape(-1)
+    quality = np.asarray(correct, dtype=np.float64).reshape(-1)
+    if unc.shape != quality.shape:
+        raise ValueError(f"uncertainty {unc.shape} and correct {quality.shape} differ in shape")
+    if quality.size == 0 or quality.min() == quality.max():
+        return float("nan")
+    kept = np.arange(1, quality.size + 1)
+    by_uncertainty = np.cumsum(quality[np.argsort(unc, kind="stable")]) / kept   # k most certain kept
+    oracle = np.cumsum(np.sort(quality)[::-1]) / kept
+    random = quality.mean()
+    return float((by_uncertainty.mean() - random) / (oracle.mean() - random))
+
+
 def error_detection_auroc(scores, errors) -> float:
     """AUROC of `scores` (higher = more likely wrong) for telling errors from correct predictions.
 

@@ -35,23 +35,29 @@ def exported_scores(aux: dict | None) -> tuple:
 
 
 def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
-    """Error-detection AUROC of each exported uncertainty next to max-probability's (the stability study, docs/NOTES.md).
+    """How well each exported uncertainty tells errors from correct predictions, next to max-probability's
+    (the stability study, docs/NOTES.md): error-detection AUROC (`auroc_error_<score>`, 0.5 = chance),
+    the area under the risk-coverage curve (`aurc_<score>`, lower is better) and the prediction-rejection
+    ratio (`prr_<score>`, lm-polygraph's normalisation: 0 random, 1 oracle).
 
     probs [N, C] and labels [N] over scored targets (rows, or NER's first
     sub-tokens flattened); aux: per-target arrays (same N) of `u_ale`, `u_epi`,
-    `u_bar`, `temperature` where the model exports them. Keys
-    `auroc_error_<score>`; `maxprob` scores 1 − max p. An uncertainty that does
-    not vary with the input scores 0.5.
+    `u_bar`, `temperature` where the model exports them; `maxprob` scores 1 − max p.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
     if labels.size == 0:
         return {}
     errors = probs.argmax(-1) != labels
-    out = {"auroc_error_maxprob": cal.error_detection_auroc(1.0 - probs.max(-1), errors)}
+    scores = {"maxprob": 1.0 - probs.max(-1)}
     for key in UNCERTAINTY_SCORES:
         if aux and key in aux:
-            out[f"auroc_error_{key}"] = cal.error_detection_auroc(np.asarray(aux[key], np.float64), errors)
+            scores[key] = np.asarray(aux[key], np.float64)
+    out = {}
+    for key, score in scores.items():
+        out[f"auroc_error_{key}"] = cal.error_detection_auroc(score, errors)
+        out[f"aurc_{key}"] = cal.aurc(probs, labels, confidence=-score)
+        out[f"prr_{key}"] = cal.prediction_rejection_ratio(score, ~errors)
     return out
 
 
