@@ -254,7 +254,8 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None, *, use_lora: 
         pooling=str(_get(m, "pooling", "last")), um_cfg=UMConfig(**um_kwargs) if use_um else None,
         ema_cfg=EMAConfig(**ema_kwargs) if use_ema else None,
         dtype=jnp.dtype(str(_get(m, "dtype", "float32"))), remat=bool(_get(m, "remat", False)),
-        cpu_matmul=resolve(str(_get(m, "cpu_matmul", "auto"))))
+        cpu_matmul=resolve(str(_get(m, "cpu_matmul", "auto")), shape_class=(backbone_cfg.hidden_size,
+                           backbone_cfg.intermediate_size), dtype=str(_get(m, "dtype", "float32"))))
 
 
 def count_params(tree) -> int:

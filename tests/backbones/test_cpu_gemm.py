@@ -3,6 +3,7 @@ in a whole train step, and its XLA fallback. Skipped parts say why (no compiler 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -184,11 +185,13 @@ def test_train_step_with_onednn_equals_xla(dtype="float32", tol=1e-5):
                  out["onednn"][1], out["xla"][1])
 
 
-def test_resolve_choices_and_platforms():
+def test_resolve_choices_and_platforms(tmp_path, monkeypatch):
+    monkeypatch.setenv("UMEMA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_gemm, "_cache_dir", lambda: str(tmp_path))
     assert cpu_gemm.resolve("xla", "cpu") == "xla"
     assert cpu_gemm.resolve("auto", "gpu") == "xla"          # GPUs always use XLA's dot
-    expected = "onednn" if cpu_gemm.native_bf16_cpu() and cpu_gemm.available() else "xla"
-    assert cpu_gemm.resolve("auto", "cpu") == expected
+    monkeypatch.setattr(cpu_gemm, "probe_times", lambda shape, dtype: {"xla": 1.0, "onednn": 0.5})
+    assert cpu_gemm.resolve("auto", "cpu") == ("onednn" if cpu_gemm.available() else "xla")
     with pytest.raises(ValueError, match="model.cpu_matmul='mkl'"):
         cpu_gemm.resolve("mkl", "cpu")
     with pytest.raises(ValueError, match="CPU backend only"):
@@ -225,7 +228,7 @@ def test_fallback_without_the_library_runs_on_xla():
             model=types.SimpleNamespace(name="gpt2-tiny", method="lora", cpu_matmul=m, lora=dict(rank=2)),
             task=types.SimpleNamespace(type="cls", num_labels=2))
         cfg = get_backbone_config("gpt2-tiny")
-        cpu_gemm.native_bf16_cpu = lambda: True      # a CPU where auto would choose oneDNN
+        cpu_gemm.probe_times = lambda shape, dtype: {"xla": 1.0, "onednn": 0.1}   # where auto would choose oneDNN
         for _ in range(2):
             model = make_model(view("auto"), cfg, use_lora=True, use_um=False, use_ema=False)
         assert model.cpu_matmul == "xla", model.cpu_matmul
@@ -243,3 +246,29 @@ def test_fallback_without_the_library_runs_on_xla():
     notices = [ln for ln in proc.stderr.splitlines() if "model.cpu_matmul=auto uses XLA" in ln]
     assert len(notices) == 1, proc.stderr[-2000:]           # once per process, not per model
     assert "ERR model.cpu_matmul=onednn: oneDNN matmul unavailable (disabled by UMEMA_CPU_GEMM_DISABLE)" in proc.stdout
+
+
+def test_auto_measures_once_per_host_and_shape_class_and_keeps_xla_on_a_tie(tmp_path, monkeypatch):
+    """`auto` times both paths the first time a shape class is met, caches the choice, and prefers XLA
+    (every published run's path) unless oneDNN is at least 5 % faster."""
+    monkeypatch.setattr(cpu_gemm, "_cache_dir", lambda: str(tmp_path))
+    calls = []
+
+    def fake(times):
+        def probe(shape, dtype):
+            calls.append((shape, dtype))
+            return times
+        return probe
+    monkeypatch.setattr(cpu_gemm, "probe_times", fake({"xla": 1.0, "onednn": 0.97}))
+    assert cpu_gemm.measured_choice((64, 256)) == "xla"              # 3 % faster: not enough
+    assert cpu_gemm.measured_choice((64, 256)) == "xla" and len(calls) == 1   # cached
+    monkeypatch.setattr(cpu_gemm, "probe_times", fake({"xla": 1.0, "onednn": 0.9}))
+    assert cpu_gemm.measured_choice((64, 512)) == "onednn" and len(calls) == 2   # another shape class
+    saved = json.load(open(tmp_path / "matmul_choice.json"))
+    assert sorted(v["choice"] for v in saved.values()) == ["onednn", "xla"]
+
+
+@pytest.mark.skipif(not cpu_gemm.available(), reason="oneDNN extension not built here")
+def test_the_probe_times_both_paths():
+    times = cpu_gemm.probe_times((64, 128), "float32", rounds=1, calls=1)
+    assert set(times) == {"xla", "onednn"} and all(t > 0 for t in times.values())

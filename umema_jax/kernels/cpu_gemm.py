@@ -13,6 +13,12 @@ against jaxlib's FFI headers and the `onednn-devel-cpu-gomp` wheel (requirements
 into `$UMEMA_CACHE_DIR` (default `~/.cache/umema_jax/ext`). If the compiler or the
 library is missing, `available()` is False and `resolve("auto")` picks XLA, saying so
 once on stderr.
+
+`model.cpu_matmul=auto` chooses by measurement (`measured_choice`): the first time a host meets a
+shape class (hidden and MLP sizes, dtype) it times a frozen-weight MLP block's forward and backward
+on both paths, alternated, and keeps oneDNN only when it is at least 5 % faster; the choice is cached
+per host, jax version and shape class in `$UMEMA_CACHE_DIR/matmul_choice.json`, and every run records
+the path it used (`results.json`: `numerics.matmul_path`), because the two paths round differently.
 """
 from __future__ import annotations
 
@@ -24,7 +30,10 @@ import os
 import shutil
 import subprocess
 import sys
+import json
+import statistics
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -123,29 +132,17 @@ def _notice(reason: str) -> None:
     print(f"umema_jax: model.cpu_matmul=auto uses XLA's dot ({reason})", file=sys.stderr, flush=True)
 
 
-@functools.cache
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 matmul units (AMX-BF16 or AVX512-BF16), from /proc/cpuinfo: the CPUs
-    where XLA:CPU misses the hardware (the bf16 study, benchmarks/README.md) and oneDNN reaches it. Read without building anything."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve(choice: str, platform: str | None = None) -> str:
+def resolve(choice: str, platform: str | None = None, shape_class: tuple = (768, 3072),
+            dtype: str = "float32") -> str:
     """'xla' or 'onednn' for `model.cpu_matmul`.
 
-    auto = oneDNN on CPUs with bf16 matmul units when it builds, else XLA (always on GPU/TPU). On an
-    AVX2-only CPU oneDNN measured 0.83x XLA's GPT-2 step time but 1.17x its SmolLM2 eval time
-    (benchmarks/README.md), so auto does not pay a compile for it there; `onednn` forces it.
+    auto = XLA off CPU or without the oneDNN extension; on CPU the faster path for `shape_class`
+    (hidden size, MLP size) and `dtype`, measured once per host (`measured_choice`). `onednn` forces it.
     """
     if choice not in CHOICES:
         raise ValueError(f"model.cpu_matmul={choice!r}: must be one of {', '.join(CHOICES)}")
     platform = platform or jax.default_backend()
-    if choice == "xla" or (choice == "auto" and (platform != "cpu" or not native_bf16_cpu())):
+    if choice == "xla" or (choice == "auto" and platform != "cpu"):
         return "xla"
     if platform != "cpu":
         raise ValueError(f"model.cpu_matmul=onednn runs on the CPU backend only, not {platform!r}")
@@ -155,7 +152,74 @@ def resolve(choice: str, platform: str | None = None) -> str:
             raise RuntimeError(f"model.cpu_matmul=onednn: oneDNN matmul unavailable ({reason})")
         _notice(reason)
         return "xla"
-    return "onednn"
+    return "onednn" if choice == "onednn" else measured_choice(tuple(int(v) for v in shape_class), dtype)
+
+
+PROBE_ROWS = 512                  # tokens of the probe's block: a batch of 8 x 64, the order of a CPU step
+MARGIN = 0.95                     # oneDNN is chosen only when it takes at most this fraction of XLA's time
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
+def probe_times(shape_class: tuple, dtype: str, rounds: int = 3, calls: int = 3) -> dict:
+    """Median seconds of one forward + backward (input gradient only: frozen weights, as the backbone's)
+    of an MLP block `[rows, d] @ [d, f] -> gelu -> @ [f, d]` on each path, the paths alternated."""
+    d, f = shape_class
+    dt = jnp.dtype(dtype)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (PROBE_ROWS, d), dt)
+    w1 = (jax.random.normal(keys[1], (d, f), jnp.float32) / math.sqrt(d)).astype(dt)
+    w2 = (jax.random.normal(keys[2], (f, d), jnp.float32) / math.sqrt(f)).astype(dt)
+
+    def block(mm):
+        return jax.jit(jax.grad(lambda x, a, b: jnp.sum(mm(jax.nn.gelu(mm(x, a)), b).astype(jnp.float32) ** 2)))
+    steps = {"xla": block(jnp.dot), "onednn": block(matmul)}
+    for fn in steps.values():
+        fn(x, w1, w2).block_until_ready()                      # compile and warm up
+    times: dict = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn(x, w1, w2).block_until_ready()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _choices_path() -> str:
+    return os.path.join(_cache_dir(), "matmul_choice.json")
+
+
+def measured_choice(shape_class: tuple, dtype: str = "float32") -> str:
+    """The faster matmul path on this host for `shape_class` and `dtype`, from the cache or measured now
+    (a few seconds, once; one line on stderr says what was measured)."""
+    key = f"{_cpu_name()} | jax {jax.__version__} | {shape_class[0]}x{shape_class[1]} | {jnp.dtype(dtype).name}"
+    path = _choices_path()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cached = json.load(fh)
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached and cached[key].get("choice") in ("xla", "onednn"):
+        return cached[key]["choice"]
+    times = probe_times(shape_class, dtype)
+    choice = "onednn" if times["onednn"] <= MARGIN * times["xla"] else "xla"
+    cached[key] = {"choice": choice, "seconds": times}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(cached, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)                 # atomic: two runners may measure at once
+    print(f"umema_jax: model.cpu_matmul=auto measured XLA {1e3 * times['xla']:.1f} ms, oneDNN "
+          f"{1e3 * times['onednn']:.1f} ms per block ({shape_class[0]}x{shape_class[1]}, {jnp.dtype(dtype).name}); "
+          f"using {choice} on this host (cached in {path})", file=sys.stderr, flush=True)
+    return choice
 
 
 def gemm(a, b, transpose_a: bool = False, transpose_b: bool = False):

@@ -179,12 +179,12 @@ def cpu_model() -> str:
         return ""
 
 
-def numerics_record(config) -> dict:
-    """What decides a run's rounding besides its config: the resolved matmul path and the host. Runs are
-    paired (same seed, same data order) only when these agree: rounding alone moves a result."""
+def numerics_record(model) -> dict:
+    """What decides a run's rounding besides its config: the matmul path the model ran on (`auto` resolved,
+    by measurement on CPU) and the host. Runs are paired (same seed, same data order) only when these
+    agree: rounding alone moves a result."""
     import platform
-    from umema_jax.kernels.cpu_gemm import resolve
-    return {"matmul_path": resolve(str(config.model.cpu_matmul)), "backend": jax.default_backend(),
+    return {"matmul_path": str(getattr(model, "cpu_matmul", "xla")), "backend": jax.default_backend(),
             "cpu": cpu_model(), "machine": platform.machine()}
 
 
@@ -233,7 +233,7 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh, commit: 
         "wall_time_s": wall_time_s, "memory": peak_memory(),
         "git_commit": git_commit() if commit is None else commit,    # the caller's: taken when training began
         "devices": [str(d) for d in jax.devices()], "mesh": dict(mesh.shape),
-        "jax_version": jax.__version__, "numerics": numerics_record(config),
+        "jax_version": jax.__version__, "numerics": numerics_record(exp.model),
     }
     results.update(posthoc_temperature_scaling(exp, run))
     write_record(workdir, exp, run, results["posthoc_temperature"])
