@@ -40,7 +40,7 @@ def _model(method, backbone=TINY, **kw):
     """A tiny GPT-2 (vocab 97) model of the paper's variant `method`, with small UM/EMA sizes."""
     kw.setdefault("task_type", "cls")
     cls = methods.get(method)
-    return UmemaModel(backbone, LoraConfig(rank=4), num_labels=3, um_cfg=UM if cls.use_um else None,
+    return UmemaModel(backbone, LoraConfig(rank=4), num_labels=3, uncertainty=UM if cls.use_um else None,
                       ema_cfg=EMA if cls.use_ema else None, **kw)
 
 
@@ -224,7 +224,7 @@ def test_no_gradient_reaches_the_bank(full_cls):
 def test_um_and_ema_add_at_most_one_percent_of_backbone_params():
     counts = {}
     for name in ("gpt2", "smollm2-135m", "llama3-8b"):
-        c = extra_param_counts(name, um_cfg=UMConfig(), ema_cfg=EMAConfig())
+        c = extra_param_counts(name, uncertainty=UMConfig(), ema_cfg=EMAConfig())
         counts[name] = c
         ratio = (c["um"] + c["ema"]) / c["backbone"]
         print(f"{name}: backbone={c['backbone']:,} um={c['um']:,} ema={c['ema']:,} "
@@ -246,7 +246,7 @@ def test_make_model_reads_the_config():
     m = make_model(c)
     assert (m.pooling, m.task_type, m.num_labels) == ("mean", "ner", 5)
     assert m.lora_cfg.rank == 4 and m.lora_cfg.scale == 2.0 and m.lora_cfg.target_regex is None
-    assert m.um_cfg == UMConfig(d_u=16, quant_levels=4, layers=(0, -1))
+    assert m.uncertainty == UMConfig(d_u=16, quant_levels=4, layers=(0, -1))
     assert m.ema_cfg is None                         # lora+um builds no memory
     c.model.method = "full"
     assert make_model(c).ema_cfg.slots == 32 and make_model(c).ema_cfg.tau0 == 0.5
@@ -310,11 +310,11 @@ def test_every_um_and_ema_setting_is_a_config_key_with_the_dataclass_default():
         assert set(section.keys()) == set(fields), cls.__name__
     c.task = {"type": "cls", "num_labels": 3}
     c.model.name, c.model.method = "gpt2-tiny", "full"
-    assert make_model(c).um_cfg == UMConfig() and make_model(c).ema_cfg == EMAConfig()
+    assert make_model(c).uncertainty == UMConfig() and make_model(c).ema_cfg == EMAConfig()
     c.model.um.temperature_max = 2.0
     c.model.um.layers = (0, -1)
     c.model.ema.slots = 32
     c.model.ema.retrieval = "dot"
     m = make_model(c)
-    assert m.um_cfg.temperature_max == 2.0 and m.um_cfg.layers == (0, -1)
+    assert m.uncertainty.temperature_max == 2.0 and m.uncertainty.layers == (0, -1)
     assert m.ema_cfg.slots == 32 and m.ema_cfg.retrieval == "dot" and m.ema_cfg.axis_name is None

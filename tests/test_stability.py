@@ -96,7 +96,7 @@ def _experiment(method: str, ema: EMAConfig, um: UMConfig, seed: int = 0):
     from umema_jax.train.state import split_params
     from umema_jax import methods
     cls = methods.get(method)
-    model = UmemaModel(TINY, LoraConfig(rank=4), num_labels=3, um_cfg=um if cls.use_um else None,
+    model = UmemaModel(TINY, LoraConfig(rank=4), num_labels=3, uncertainty=um if cls.use_um else None,
                        ema_cfg=ema if cls.use_ema else None)
     variables = init_variables(model, jax.random.PRNGKey(seed), batch_shape=(2, 12))
     trained, frozen = split_params(variables["params"], r"^(head|um|ema)/")

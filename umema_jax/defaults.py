@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora.alpha = -1.0            # -1 = 2 * rank (paper: alpha = 2r, scale 2 at every rank)
     c.model.lora.dropout = 0.0
     c.model.lora.target_regex = ""       # '' = arch default (c_attn for GPT-2, q_proj|v_proj for LLaMA)
+    # The uncertainty head of lora+um and full: a registered head's name (umema_jax/uncertainty/heads.py,
+    # docs/EXTENDING.md); its settings are the section `model.<name>.*`. The paper's UM branch:
+    c.model.uncertainty = "um"
     # UM branch (docs/METHOD.md; fields of umema_jax.uncertainty.um.UMConfig), used by lora+um and full.
     c.model.um = ml_collections.ConfigDict()
     c.model.um.d_u = 64                  # bottleneck / latent size
@@ -63,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ema.query_norm = True        # LayerNorm c and M_U before the query projection
     c.model.ema.mask_unwritten = True    # never-written (Xavier) slots get no retrieval weight
     c.model.ema.axis_name = ""           # '' = None (jit + sharding); a mesh axis under shard_map/pmap
+    # Every other registered uncertainty head's section, from its fields and their defaults.
+    from umema_jax.uncertainty import um as _um  # noqa: F401  (registers the paper's head)
+    from umema_jax.uncertainty.heads import HEADS
+    for name, head in HEADS.items():
+        if name not in c.model:
+            c.model[name] = ml_collections.ConfigDict(head.defaults())
 
     # Hyper-parameters of the training methods, `methods.<name>.<key>`, each section built from its
     # method's `defaults` (umema_jax/methods/<name>.py, docs/METHODS.md values; docs/METHODS.md lists them):

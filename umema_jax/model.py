@@ -1,10 +1,11 @@
 """UmemaModel: frozen backbone + LoRA + UM + EMA + task head (docs/CONTRACTS.md, docs/METHOD.md).
 
 The model takes its components explicitly and knows no training method: `lora_cfg`
-(None = no adapter), `um_cfg` (None = no UM branch) and `ema_cfg` (None = no memory).
+(None = no adapter), `uncertainty` (an uncertainty head, `umema_jax.uncertainty.heads`: the paper's
+UM branch is `UMConfig`; None = none) and `ema_cfg` (None = no memory).
 A training method (umema_jax/methods) decides which it builds. The paper's variants:
   LoRA        lora_cfg                       pooled summary, head
-  +UM         lora_cfg, um_cfg               confidence-weighted summary, calibration temperature T
+  +UM         lora_cfg, uncertainty          confidence-weighted summary, calibration temperature T
   +EMA        lora_cfg, ema_cfg              memory bank (ū = 0, M_U left out of the query), T = 1
   LoRA+UM+EMA all three                      the paper's method
 
@@ -30,7 +31,8 @@ from flax import struct
 from umema_jax.backbones import BackboneConfig, build_backbone, get_backbone_config
 from umema_jax.memory.bank import confidence_weighted_moments, write_moments
 from umema_jax.memory.fusion import EMAConfig, MemoryFusion
-from umema_jax.uncertainty.um import UMConfig, UncertaintyModule, last_valid_token, masked_mean
+from umema_jax.uncertainty.heads import get_head
+from umema_jax.uncertainty.um import UMConfig, last_valid_token, masked_mean
 
 TASK_TYPES = ("cls", "ner")
 POOLINGS = ("last", "mean")
@@ -71,7 +73,7 @@ class UmemaModel(nn.Module):
     task_type: str = "cls"
     num_labels: int = 2
     pooling: str = "last"
-    um_cfg: UMConfig | None = None       # the UM branch (None: none)
+    uncertainty: Any = None              # an uncertainty head's settings (UMConfig: the UM branch; None: none)
     ema_cfg: EMAConfig | None = None     # the memory bank and its fusion (None: none)
     dtype: Any = jnp.float32
     remat: bool = False                  # rematerialise backbone layers in the backward pass
@@ -79,7 +81,7 @@ class UmemaModel(nn.Module):
     span: tuple | None = None            # (c, L): the server part of split learning, fed `batch['hidden_in']`
 
     def setup(self):
-        use_um, use_ema = self.um_cfg is not None, self.ema_cfg is not None
+        use_um, use_ema = self.uncertainty is not None, self.ema_cfg is not None
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if self.pooling not in POOLINGS:
@@ -88,8 +90,8 @@ class UmemaModel(nn.Module):
             raise ValueError(f"a split model part (span={self.span}) is plain LoRA: it cannot have UM or EMA")
         self.backbone = build_backbone(self.backbone_cfg, lora=self.lora_cfg, dtype=self.dtype, remat=self.remat,
                                        matmul=self.cpu_matmul, span=self.span)
-        if use_um:
-            self.um = UncertaintyModule(self.um_cfg, pooling="token" if self.task_type == "ner" else self.pooling)
+        if use_um:                       # every head lives in the uncertainty slot: params/um/...
+            self.um = self.uncertainty.build(self.task_type, self.pooling)
         if use_ema:
             self.ema = MemoryFusion(self.ema_cfg)
             shape = (self.ema_cfg.slots, self.backbone_cfg.hidden_size)
@@ -102,8 +104,12 @@ class UmemaModel(nn.Module):
         self.head = nn.Dense(self.num_labels, kernel_init=nn.initializers.normal(0.02),
                              dtype=None, param_dtype=jnp.float32)
 
+    def exported_scores(self) -> tuple:
+        """The per-example uncertainty scores evaluation reports: the head's, and its temperature."""
+        return () if self.uncertainty is None else tuple(self.uncertainty.scores) + ("temperature",)
+
     def __call__(self, batch: Mapping[str, Any], train: bool = False, write_memory: bool = True) -> ModelOutput:
-        use_um, use_ema = self.um_cfg is not None, self.ema_cfg is not None
+        use_um, use_ema = self.uncertainty is not None, self.ema_cfg is not None
         ner = self.task_type == "ner"
         input_ids = jnp.asarray(batch["input_ids"]).astype(jnp.int32)
         bsz, _ = input_ids.shape
@@ -116,22 +122,18 @@ class UmemaModel(nn.Module):
         task_id = jnp.zeros((bsz,), jnp.int32) if task_id is None else jnp.asarray(task_id).astype(jnp.int32)
         mask_f = mask.astype(jnp.float32)
 
-        out = self.backbone(input_ids, mask, deterministic=not train, output_hidden_states=use_um,
+        out = self.backbone(input_ids, mask, deterministic=not train,
+                            output_hidden_states=use_um and self.uncertainty.needs_hidden_states,
                             compute_logits=False, hidden_in=batch.get("hidden_in"))
         hidden = out.last_hidden_state
         hidden = hidden.astype(jnp.promote_types(hidden.dtype, jnp.float32))   # fp32 (fp64 in x64 tests)
         aux: dict = {}
 
         if use_um:
-            um = self.um(out.embeddings, out.hidden_states, hidden, mask, task_id)
-            rep, m_u = um.representation, um.memory_embedding
-            if ner:
-                u_bar, temperature = um.token_u_bar, um.token_temperature
-                aux.update(u_ale=um.token_u_ale, u_epi=um.token_u_epi)
-            else:
-                u_bar, temperature = um.u_bar, um.temperature
-                aux.update(u_ale=um.u_ale, u_epi=um.u_epi)
-            aux.update(u_bar=u_bar, temperature=temperature)
+            head = self.uncertainty.output(self.um(out.embeddings, out.hidden_states, hidden, mask, task_id), ner)
+            rep, m_u, u_bar, temperature = head.representation, head.memory_embedding, head.u_bar, head.temperature
+            aux.update(head.scores)
+            aux["temperature"] = temperature
         else:
             if ner:
                 rep = hidden
@@ -225,7 +227,8 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None, *, use_lora: 
     Reads `model.name` (→ `get_backbone_config`, unless `backbone_cfg` is given,
     e.g. from a weight loader), `model.pooling`,
     `model.lora.{rank,alpha,dropout,target_regex}` ('' = arch default),
-    `model.um.*` → UMConfig fields (d_u, quant_levels, layers, num_tasks, ...),
+    `model.uncertainty` (a registered head's name, default 'um') and its section `model.<name>.*`
+    (for UM: UMConfig fields d_u, quant_levels, layers, num_tasks, ...),
     `model.ema.*` → EMAConfig fields (slots, tau0, d_u, top_k, axis_name),
     `model.dtype` ('float32' | 'bfloat16'), optional `model.remat` (bool, default
     False), optional `model.cpu_matmul` ('auto' | 'xla' | 'onednn', default 'auto': oneDNN on CPU
@@ -242,16 +245,17 @@ def make_model(config, backbone_cfg: BackboneConfig | None = None, *, use_lora: 
         target = _get(lora_section, "target_regex", None) or None
         lora_cfg = LoraConfig(rank=int(_get(lora_section, "rank", 8)), alpha=_get(lora_section, "alpha", None),
                               dropout=float(_get(lora_section, "dropout", 0.0)), target_regex=target)
-    um_kwargs = dict(_get(m, "um", {}) or {})
-    if "layers" in um_kwargs:        # () / None = all layers
-        um_kwargs["layers"] = tuple(int(i) for i in um_kwargs["layers"]) if um_kwargs["layers"] else None
+    uncertainty = None
+    if use_um:                       # the head `model.uncertainty` names (default: the paper's UM), its section
+        head = get_head(str(_get(m, "uncertainty", "um")))
+        uncertainty = head.from_section(dict(_get(m, head.name, {}) or {}))
     ema_kwargs = dict(_get(m, "ema", {}) or {})
     if "axis_name" in ema_kwargs:    # '' = None
         ema_kwargs["axis_name"] = ema_kwargs["axis_name"] or None
     return UmemaModel(
         backbone_cfg=backbone_cfg, lora_cfg=lora_cfg,
         task_type=str(config.task.type), num_labels=int(config.task.num_labels),
-        pooling=str(_get(m, "pooling", "last")), um_cfg=UMConfig(**um_kwargs) if use_um else None,
+        pooling=str(_get(m, "pooling", "last")), uncertainty=uncertainty,
         ema_cfg=EMAConfig(**ema_kwargs) if use_ema else None,
         dtype=jnp.dtype(str(_get(m, "dtype", "float32"))), remat=bool(_get(m, "remat", False)),
         cpu_matmul=resolve(str(_get(m, "cpu_matmul", "auto")), shape_class=(backbone_cfg.hidden_size,
@@ -263,12 +267,13 @@ def count_params(tree) -> int:
 
 
 def extra_param_counts(backbone_name_or_cfg, task_type: str = "cls", num_labels: int = 2,
-                       um_cfg: UMConfig | None = UMConfig(), ema_cfg: EMAConfig | None = EMAConfig()) -> dict:
+                       uncertainty=UMConfig(), ema_cfg: EMAConfig | None = EMAConfig()) -> dict:
     """Parameter counts from shapes only (`jax.eval_shape`, no weights materialised):
     {'backbone', 'um', 'ema', 'head', 'memory'(buffer elements, not params)}."""
     cfg = get_backbone_config(backbone_name_or_cfg) if isinstance(backbone_name_or_cfg, str) \
         else backbone_name_or_cfg
-    model = UmemaModel(backbone_cfg=cfg, task_type=task_type, num_labels=num_labels, um_cfg=um_cfg, ema_cfg=ema_cfg)
+    model = UmemaModel(backbone_cfg=cfg, task_type=task_type, num_labels=num_labels, uncertainty=uncertainty,
+                       ema_cfg=ema_cfg)
     batch = dummy_batch((1, 4))
     shapes = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, batch, train=False),
                             jax.random.PRNGKey(0))

@@ -24,16 +24,6 @@ def _calibration_block(probs, labels, n_bins: int) -> dict:
             "aurc": cal.aurc(probs, labels)}
 
 
-UNCERTAINTY_SCORES = ("u_ale", "u_epi", "u_bar", "temperature")
-
-
-def exported_scores(aux: dict | None) -> tuple:
-    """The per-example uncertainty scores a run reports: UM's, when the model has UM (without it the eval
-    step's temperature is a constant 1, nothing to score)."""
-    aux = aux or {}
-    return tuple(k for k in UNCERTAINTY_SCORES if k in aux) if "u_bar" in aux else ()
-
-
 def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
     """How well each exported uncertainty tells errors from correct predictions, next to max-probability's
     (the stability study, docs/NOTES.md): error-detection AUROC (`auroc_error_<score>`, 0.5 = chance),
@@ -41,8 +31,9 @@ def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
     ratio (`prr_<score>`, lm-polygraph's normalisation: 0 random, 1 oracle).
 
     probs [N, C] and labels [N] over scored targets (rows, or NER's first
-    sub-tokens flattened); aux: per-target arrays (same N) of `u_ale`, `u_epi`,
-    `u_bar`, `temperature` where the model exports them; `maxprob` scores 1 − max p.
+    sub-tokens flattened); aux: per-target arrays (same N) of the scores the model's uncertainty head
+    exports (`UmemaModel.exported_scores`: UM's `u_ale`, `u_epi`, `u_bar`, `temperature`), in that order;
+    `maxprob` scores 1 − max p.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
@@ -50,9 +41,7 @@ def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
         return {}
     errors = probs.argmax(-1) != labels
     scores = {"maxprob": 1.0 - probs.max(-1)}
-    for key in UNCERTAINTY_SCORES:
-        if aux and key in aux:
-            scores[key] = np.asarray(aux[key], np.float64)
+    scores.update({key: np.asarray(value, np.float64) for key, value in (aux or {}).items()})
     out = {}
     for key, score in scores.items():
         out[f"auroc_error_{key}"] = cal.error_detection_auroc(score, errors)

@@ -49,15 +49,15 @@ def load_splits(config):
     return splits
 
 
-def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: dict):
-    """(split, predictions) -> metrics with `primary` (accuracy | span F1) and the mean NLL `loss`."""
-    from umema_jax.metrics.evaluate import (evaluate_classification, evaluate_ner, exported_scores,
-                                            uncertainty_quality)
+def make_evaluator(task_type: str, label_names: list, encoded: dict, examples: dict, scores: tuple = ()):
+    """(split, predictions) -> metrics with `primary` (accuracy | span F1) and the mean NLL `loss`;
+    `scores`: the uncertainty scores the model exports (`UmemaModel.exported_scores`), each rated as an
+    error detector next to max-probability."""
+    from umema_jax.metrics.evaluate import evaluate_classification, evaluate_ner, uncertainty_quality
 
     def evaluate(split: str, preds: dict) -> dict:
         enc = encoded[split]
         aux = preds.get("aux") or {}
-        scores = exported_scores(aux)
         if task_type == "cls":
             labels = np.asarray(enc.labels)
             m = evaluate_classification(preds["probs"], labels, label_names)
@@ -119,8 +119,9 @@ def build_experiment(config, method) -> Experiment:
     # The model's own parameters (not the trained tree: SplitLoRA holds client copies of its LoRA there,
     # LISA's efficient form γ slots of blocks carried in the state besides)
     info["params"]["total"] = count_params(params) + count_params(setup.lora)
+    info["scores"] = list(setup.model.exported_scores())
     evaluate = make_evaluator(splits.task_type, list(splits.labels), encoded,
-                              {s: splits.split(s) for s in ("dev", "test")})
+                              {s: splits.split(s) for s in ("dev", "test")}, tuple(info["scores"]))
     return Experiment(model=setup.model, frozen=frozen, trainable=trainable,
                       memory=setup.memory, task_type=splits.task_type,
                       encoded=encoded, evaluate=evaluate, info=info, method=method)

@@ -191,11 +191,10 @@ def numerics_record(model) -> dict:
 def write_record(workdir: str, exp, run, posthoc_temperature: float) -> str:
     """`records.npz`: every dev / test example's probabilities, gold label and uncertainty scores."""
     from umema_jax.metrics import records
-    from umema_jax.metrics.evaluate import exported_scores
     info = exp.info
+    scores = tuple(info.get("scores") or exp.model.exported_scores())
     splits = {split: records.split_record(exp.task_type, info["labels"], run.predictions[split],
-                                          exp.encoded[split], info["examples"][split],
-                                          exported_scores(run.predictions[split].get("aux")))
+                                          exp.encoded[split], info["examples"][split], scores)
               for split in records.SPLITS}
     path = os.path.join(workdir, records.FILE)
     records.save(path, records.RunRecord(exp.task_type, list(info["labels"]), float(posthoc_temperature), splits))

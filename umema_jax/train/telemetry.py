@@ -54,10 +54,11 @@ def branch_telemetry(aux: dict, internals: dict, batch: dict, memory: dict) -> d
         return out
     w = _weights(batch, features.shape[:-1])
     out["features_cosine"] = mean_pairwise_cosine(features, w)
-    if "temperature" in aux:
+    if "temperature" in aux:                   # an uncertainty head: its temperature, and UM's ū
         out["temperature_mean"] = _mean(aux["temperature"], w)
         out["temperature_std"] = _std(aux["temperature"], w)
         out["temperature_max"] = jnp.max(jnp.where(w > 0, aux["temperature"], 0.0))
+    if "u_bar" in aux:
         out["u_bar_mean"] = _mean(aux["u_bar"], w)
         out["u_bar_std"] = _std(aux["u_bar"], w)
     if "memory_embedding" in internals:

@@ -49,6 +49,7 @@ def validate_config(c, method_cls) -> None:
     _check(0.0 <= float(m.lora.dropout) < 1.0, f"model.lora.dropout={m.lora.dropout}: must be in [0, 1)")
     _regex_ok(m.lora.target_regex, "model.lora.target_regex")
     _validate_branches(m)
+    _validate_uncertainty_head(m)
     _validate_method(c, method_cls)
 
     datasets = known_datasets()
@@ -146,6 +147,25 @@ def _validate_branches(m) -> None:
     for key in ("tau0", "retrieval_scale"):
         _check(_finite_positive(ema[key]), f"model.ema.{key}={ema[key]}: must be finite and > 0")
     _check(ema.retrieval in RETRIEVALS, f"model.ema.retrieval={ema.retrieval!r}: must be one of {', '.join(RETRIEVALS)}")
+
+
+def _validate_uncertainty_head(m) -> None:
+    """model.uncertainty names a registered head whose section `model.<name>.*` has its keys and passes its
+    own `validate` (the paper's UM is checked key by key above)."""
+    from umema_jax.uncertainty import um as _um  # noqa: F401  (registers the paper's head)
+    from umema_jax.uncertainty.heads import HEADS
+    name = m.get("uncertainty", "um")
+    _check(name in HEADS, f"model.uncertainty={name!r}: must be one of {', '.join(HEADS)}")
+    head = HEADS[name]
+    section = m.get(head.name)
+    _check(section is not None, f"model.{head.name}: missing (umema_jax/defaults.py builds it from the head's fields)")
+    unknown = sorted(set(section) - set(head.defaults()))
+    _check(not unknown, f"model.{head.name}.{unknown[0] if unknown else ''}: unknown key "
+                        f"(known: {', '.join(sorted(head.defaults()))})")
+    try:
+        head.validate(section)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _validate_method(c, cls) -> None:

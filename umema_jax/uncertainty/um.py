@@ -13,7 +13,7 @@ branch costs O(d·d_u) parameters (see docs/METHOD.md for the count).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,13 +21,15 @@ import jax.numpy as jnp
 from flax import struct
 
 from umema_jax.backbones.layers import last_token_index
+from umema_jax.uncertainty.heads import Head, HeadOutput, register_head
 
 _NEG = -1e30  # additive mask value; finite so fully-masked rows never produce NaN
 
 
+@register_head
 @dataclasses.dataclass(frozen=True)
-class UMConfig:
-    """Settings of the UM branch.
+class UMConfig(Head):
+    """The paper's uncertainty head (`model.uncertainty=um`): the settings of the UM branch.
 
     layers: indices of the backbone layers used for propagation (negative
       indices count from the end); None = all layers.
@@ -53,6 +55,30 @@ class UMConfig:
     temperature_max: float = 3.0
     temperature_input: str = "unit"
     spread_eps: float = 1e-6
+
+    name: ClassVar[str] = "um"
+    scores: ClassVar[tuple] = ("u_ale", "u_epi", "u_bar")
+    needs_hidden_states: ClassVar[bool] = True
+
+    def build(self, task_type: str, pooling: str):
+        return UncertaintyModule(self, pooling="token" if task_type == "ner" else pooling)
+
+    def output(self, raw: "UMOutput", ner: bool) -> HeadOutput:
+        """Per token for NER (the sequence's M_U broadcast by the memory), per sequence otherwise."""
+        if ner:
+            return HeadOutput(raw.representation, raw.token_temperature,
+                              {"u_ale": raw.token_u_ale, "u_epi": raw.token_u_epi, "u_bar": raw.token_u_bar},
+                              raw.memory_embedding, raw.token_u_bar)
+        return HeadOutput(raw.representation, raw.temperature,
+                          {"u_ale": raw.u_ale, "u_epi": raw.u_epi, "u_bar": raw.u_bar}, raw.memory_embedding,
+                          raw.u_bar)
+
+    @classmethod
+    def from_section(cls, section) -> "UMConfig":
+        values = dict(section)
+        if "layers" in values:        # () / None = all layers
+            values["layers"] = tuple(int(i) for i in values["layers"]) if values["layers"] else None
+        return cls(**values)
 
 
 # ----------------------------------------------------------------------------
