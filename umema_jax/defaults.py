@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ema.mask_unwritten = True    # never-written (Xavier) slots get no retrieval weight
     c.model.ema.axis_name = ""           # '' = None (jit + sharding); a mesh axis under shard_map/pmap
     # Every other registered uncertainty head's section, from its fields and their defaults.
-    from umema_jax.uncertainty import um as _um  # noqa: F401  (registers the paper's head)
+    import umema_jax.uncertainty  # noqa: F401  (registers the built-in heads)
     from umema_jax.uncertainty.heads import HEADS
     for name, head in HEADS.items():
         if name not in c.model:

@@ -105,10 +105,17 @@ class UmemaModel(nn.Module):
                              dtype=None, param_dtype=jnp.float32)
 
     def exported_scores(self) -> tuple:
-        """The per-example uncertainty scores evaluation reports: the head's, and its temperature."""
-        return () if self.uncertainty is None else tuple(self.uncertainty.scores) + ("temperature",)
+        """The per-example uncertainty scores evaluation reports: the head's, and its own temperature."""
+        if self.uncertainty is None:
+            return ()
+        return tuple(self.uncertainty.scores) + (("temperature",) if self.uncertainty.calibrates else ())
 
-    def __call__(self, batch: Mapping[str, Any], train: bool = False, write_memory: bool = True) -> ModelOutput:
+    def eval_samples(self) -> int:
+        """Forward passes evaluation averages (the head's choice; 1 = one deterministic pass)."""
+        return 1 if self.uncertainty is None else int(self.uncertainty.eval_samples())
+
+    def __call__(self, batch: Mapping[str, Any], train: bool = False, write_memory: bool = True,
+                 sample: bool = False) -> ModelOutput:
         use_um, use_ema = self.uncertainty is not None, self.ema_cfg is not None
         ner = self.task_type == "ner"
         input_ids = jnp.asarray(batch["input_ids"]).astype(jnp.int32)
@@ -122,7 +129,7 @@ class UmemaModel(nn.Module):
         task_id = jnp.zeros((bsz,), jnp.int32) if task_id is None else jnp.asarray(task_id).astype(jnp.int32)
         mask_f = mask.astype(jnp.float32)
 
-        out = self.backbone(input_ids, mask, deterministic=not train,
+        out = self.backbone(input_ids, mask, deterministic=not (train or sample),   # sample: dropout on at eval
                             output_hidden_states=use_um and self.uncertainty.needs_hidden_states,
                             compute_logits=False, hidden_in=batch.get("hidden_in"))
         hidden = out.last_hidden_state

@@ -124,3 +124,54 @@ def test_a_head_defined_outside_the_package_trains_through_launch(tmp_path):
     assert any(k.endswith("toy_u") for k in record.files)
     resolved = json.load(open(tmp_path / "run" / "config.json"))
     assert resolved["model"]["uncertainty"] == "toy" and resolved["model"]["toy"]["hidden"] == 4
+
+
+def _mc_model(dropout: float, samples: int = 4):
+    from umema_jax.adapters.lora import LoraConfig
+    from umema_jax.model import UmemaModel
+    from umema_jax.uncertainty.mc_dropout import MCDropout
+    return UmemaModel(get_backbone_config("gpt2-tiny"), LoraConfig(rank=4, dropout=dropout), num_labels=3,
+                      uncertainty=MCDropout(samples=samples), cpu_matmul="xla")
+
+
+def _eval(model, seed=0):
+    import optax
+    from umema_jax.train.state import create_train_state, split_params
+    from umema_jax.train.step import make_eval_step
+    v = init_variables(model, jax.random.PRNGKey(seed))
+    v["lora"] = jax.tree.map(lambda x: x + 0.3, v["lora"])            # an adapted model: dropout matters
+    trained, frozen = split_params(v["params"], r"^(head|um|ema)/")
+    state = create_train_state({"lora": v["lora"], "params": trained}, {}, optax.sgd(0.0), 0)
+    r = np.random.RandomState(0)
+    batch = {"input_ids": r.randint(1, 50, (3, 8)).astype(np.int32), "attention_mask": np.ones((3, 8), np.int32),
+             "example_mask": np.ones(3, np.int32), "labels": np.array([0, 1, 2], np.int32)}
+    return jax.jit(make_eval_step(model, "cls"))(state, frozen, batch), v, batch
+
+
+def test_mc_dropout_averages_sampled_passes_and_scores_their_disagreement():
+    """The sampling hook against its definition: the mean of S passes with the LoRA dropout on (the
+    hook's fixed keys), the NLL of that mean, predictive entropy and mutual information (entropy of
+    the mean minus the mean entropy)."""
+    from umema_jax.train.step import EVAL_SAMPLE_SEED
+    model = _mc_model(dropout=0.5, samples=4)
+    out, v, batch = _eval(model)
+    keys = jax.random.split(jax.random.PRNGKey(EVAL_SAMPLE_SEED), 4)
+    each = np.stack([np.asarray(jax.nn.softmax(model.apply(v, batch, sample=True, rngs={"dropout": k}).logits))
+                     for k in keys])
+    mean = each.mean(0)
+    entropy = lambda p: -(p * np.log(p)).sum(-1)                        # noqa: E731
+    np.testing.assert_allclose(np.asarray(out["probs"]), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(out["nll_sum"]), -np.log(mean[np.arange(3), batch["labels"]]).sum(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["aux"]["predictive_entropy"]), entropy(mean), rtol=1e-5)
+    mi = entropy(mean) - entropy(each).mean(0)
+    np.testing.assert_allclose(np.asarray(out["aux"]["mutual_information"]), mi, rtol=1e-4, atol=1e-6)
+    assert mi.min() > 0                                                 # the passes disagree
+    assert model.exported_scores() == ("predictive_entropy", "mutual_information")   # no temperature of its own
+
+
+def test_mc_dropout_without_dropout_is_the_deterministic_model():
+    model = _mc_model(dropout=0.0)
+    out, v, batch = _eval(model)
+    plain = np.asarray(jax.nn.softmax(model.apply(v, batch).logits))
+    np.testing.assert_allclose(np.asarray(out["probs"]), plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["aux"]["mutual_information"]), 0.0, atol=1e-5)

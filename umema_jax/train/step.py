@@ -143,9 +143,13 @@ def make_eval_step(model, task_type: str, method: Method | None = None) -> Calla
     """(state, frozen, batch) -> probabilities, summed NLL, target count, aux outputs. Never writes the bank."""
     method = method or Method()
 
+    samples = int(model.eval_samples()) if hasattr(model, "eval_samples") else 1
+
     def eval_step(state: TrainState, frozen: dict, batch: dict):
-        out = model.apply(method.model_variables(frozen, state.trainable, state.memory, state.extra), batch,
-                          train=False)
+        variables = method.model_variables(frozen, state.trainable, state.memory, state.extra)
+        if samples > 1:
+            return sampled(variables, batch)
+        out = model.apply(variables, batch, train=False)
         mask = target_mask(batch, task_type)
         probs = jax.nn.softmax(out.logits.astype(jnp.float32), axis=-1)
         aux = dict(out.aux or {})
@@ -154,7 +158,30 @@ def make_eval_step(model, task_type: str, method: Method | None = None) -> Calla
         return {"probs": probs, "nll_sum": cross_entropy_sum(out.logits, batch["labels"], mask),
                 "targets": jnp.sum(mask), "aux": aux}
 
+    def sampled(variables, batch):
+        """The sampling hook (heads with `eval_samples() > 1`): the mean of `samples` forward passes with
+        the dropout on (keys fixed: evaluation stays deterministic), its NLL, and as scores the predictive
+        entropy and the mutual information (entropy of the mean minus the mean entropy)."""
+        keys = jax.random.split(jax.random.PRNGKey(EVAL_SAMPLE_SEED), samples)
+
+        def one(key):
+            out = model.apply(variables, batch, train=False, sample=True, rngs={"dropout": key})
+            return jax.nn.softmax(out.logits.astype(jnp.float32), axis=-1)
+        each = jax.lax.map(one, keys)                                   # [S, ..., C], one pass at a time
+        probs = jnp.mean(each, axis=0)
+        entropy = lambda p: -jnp.sum(p * jnp.log(jnp.clip(p, 1e-30)), axis=-1)   # noqa: E731
+        mean_entropy = jnp.mean(entropy(each), axis=0)
+        mask = target_mask(batch, task_type)
+        labels = jnp.where(mask > 0, batch["labels"], 0)
+        picked = jnp.take_along_axis(probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        nll_sum = -jnp.sum(jnp.log(jnp.clip(picked, 1e-30)) * mask)
+        aux = {"predictive_entropy": entropy(probs), "mutual_information": entropy(probs) - mean_entropy}
+        return {"probs": probs, "nll_sum": nll_sum, "targets": jnp.sum(mask), "aux": aux}
+
     return eval_step
+
+
+EVAL_SAMPLE_SEED = 0x5A3E   # the dropout keys of sampled evaluation: the same for every run and batch
 
 
 def _platform(sharding) -> str:

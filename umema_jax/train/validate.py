@@ -152,7 +152,7 @@ def _validate_branches(m) -> None:
 def _validate_uncertainty_head(m) -> None:
     """model.uncertainty names a registered head whose section `model.<name>.*` has its keys and passes its
     own `validate` (the paper's UM is checked key by key above)."""
-    from umema_jax.uncertainty import um as _um  # noqa: F401  (registers the paper's head)
+    import umema_jax.uncertainty  # noqa: F401  (registers the built-in heads)
     from umema_jax.uncertainty.heads import HEADS
     name = m.get("uncertainty", "um")
     _check(name in HEADS, f"model.uncertainty={name!r}: must be one of {', '.join(HEADS)}")

@@ -9,6 +9,10 @@ fields and their defaults) that declares:
                 into `ModelOutput.aux`, the run's per-example record and the error-detection metrics
                 (AUROC, AURC, PRR) next to max-probability
   needs_hidden_states   whether it reads every backbone layer's hidden states
+  calibrates    whether its temperature is its own (then it is exported and scored as well)
+  eval_samples()        forward passes evaluation averages (> 1: the LoRA path's dropout stays on and
+                the eval step replaces the scores by the samples' predictive entropy and mutual
+                information, `train.step.make_eval_step`)
   build(task_type, pooling) -> flax module, called as
                 `module(embeddings, hidden_states, last_hidden, mask, task_id)`; its output goes
                 through `output(raw, ner)` to a `HeadOutput`
@@ -43,6 +47,10 @@ class Head:
     name: ClassVar[str] = ""
     scores: ClassVar[tuple] = ()
     needs_hidden_states: ClassVar[bool] = False
+    calibrates: ClassVar[bool] = True
+
+    def eval_samples(self) -> int:
+        return 1
 
     def build(self, task_type: str, pooling: str):
         raise NotImplementedError
@@ -86,3 +94,4 @@ def get_head(name: str) -> type[Head]:
     if name not in HEADS:
         raise ValueError(f"model.uncertainty={name!r}: must be one of {', '.join(HEADS)}")
     return HEADS[name]
+
