@@ -21,7 +21,7 @@ def _ablation_claims(results, cid, text_each, mode_um, mode_ema):
 
 
 def table5_render(ctx, results):
-    claims = _ablation_claims(results, "C8", "each module helps, L88", "every", "every")
+    claims = _ablation_claims(results, "C8", "each module helps, paper §4.4.1", "every", "every")
     write_table(ctx, results, "table5", "Table 5: classification ablation (accuracy)", "Test accuracy.", claims,
            doc_of(table5_cells))
 
