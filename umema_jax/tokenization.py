@@ -3,9 +3,8 @@
 * HF checkpoint directory or hub id -> its `tokenizer.json` / vocab files.
 * GGUF file (or a built-in name resolving to one) -> rebuilt from the file's
   own metadata with transformers' GGUF tokenizer mapping (needs no torch).
-* `gpt2` family names -> the GPT-2 BPE files, looked up in a local folder
-  (`$UMEMA_GPT2_TOKENIZER_DIR`, or `tokenizers/gpt2` beside the data folder
-  of `$UMEMA_DATA_DIR`) before the hub.
+* `gpt2` family names -> the GPT-2 BPE files: `$UMEMA_GPT2_TOKENIZER_DIR` if set, else the copy
+  bundled with the package (`umema_jax/assets/gpt2`), so no download is ever needed.
 
 Every returned tokenizer has a pad token: models without one (GPT-2,
 SmolLM2's GGUF) pad with their end-of-text token; padded positions are
@@ -23,14 +22,12 @@ from umema_jax.weights.builtin import resolve_builtin
 _GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # Random-weight test backbones (backbones/config.py) use these real tokenizers.
 _TINY_TOKENIZERS = {"gpt2-tiny": "gpt2", "llama-tiny": "smollm2-135m"}
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BUNDLED_GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "gpt2")
 
 
 def local_gpt2_tokenizer_dir() -> str | None:
-    """The folder holding GPT-2's vocab.json + merges.txt, if one is on disk."""
-    data_dir = os.environ.get("UMEMA_DATA_DIR") or os.path.join(_REPO_ROOT, "..", "shared", "data")
-    candidates = [os.environ.get("UMEMA_GPT2_TOKENIZER_DIR", ""),
-                  os.path.join(os.path.dirname(os.path.abspath(data_dir)), "tokenizers", "gpt2")]
+    """The folder holding GPT-2's vocab.json + merges.txt ($UMEMA_GPT2_TOKENIZER_DIR, else the bundled copy)."""
+    candidates = [os.environ.get("UMEMA_GPT2_TOKENIZER_DIR", ""), _BUNDLED_GPT2]
     for folder in candidates:
         if folder and os.path.isfile(os.path.join(folder, "vocab.json")) \
                 and os.path.isfile(os.path.join(folder, "merges.txt")):
