@@ -93,6 +93,13 @@ def check_outputs(workdir, out):
         ts = {k: v for k, v in results[f"{split}_posthoc_ts"].items() if isinstance(v, float)}
         assert {k: records.metrics_from_record(record, split, scaled)[k] for k in ts} == \
             pytest.approx(ts, rel=1e-5, abs=1e-7)
+        # The post-hoc calibrators (Laplace, correctness head) run at the end and are in the record.
+        assert set(record[split].posthoc) == {"laplace", "laplace-dev", "correctness"} == set(results["posthoc"])
+        for name in record[split].posthoc:
+            calibrated = {k: v for k, v in results[f"{split}_{name}"].items() if isinstance(v, float)}
+            recomputed = records.metrics_from_record(record, split, posthoc=name)
+            assert {k: recomputed[k] for k in calibrated} == pytest.approx(calibrated, rel=1e-9, abs=1e-12)
+        assert "auroc_error_correctness" in results[f"{split}_correctness"]
 
 
 def test_smoke_run_outputs_and_kill_interrupt_resume_is_bit_identical(env, tmp_path):

@@ -122,4 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.output.tensorboard = True
     c.output.progress_bar = True
     c.output.predictions = True
+    # Post-hoc calibrators fitted after training on the best checkpoint (uncertainty/posthoc.py), comma-
+    # separated: laplace (last-layer K-FAC Laplace on train, prior by marginal likelihood), laplace-dev (its
+    # prior by dev NLL instead), correctness (a true-class-probability head fitted on dev).
+    c.output.posthoc = "laplace,laplace-dev,correctness"
     return c

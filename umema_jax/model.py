@@ -55,6 +55,8 @@ class ModelOutput:
     # LoRA (MiLoRA) `router_gates/probs/selected` [L,B,M]. Used for telemetry
     # (train/telemetry.py) and methods' aux losses, never exported with predictions.
     internals: dict = struct.field(default_factory=dict)
+    # The task head's input (logits = head(features) / temperature): what post-hoc calibrators fit on.
+    features: Any = None
 
 
 class UmemaModel(nn.Module):
@@ -181,7 +183,7 @@ class UmemaModel(nn.Module):
         raw_logits = self.head(rep)
         logits = raw_logits / temperature[..., None]
         return ModelOutput(logits=logits, raw_logits=raw_logits, temperature=temperature, aux=aux,
-                           internals=internals)
+                           internals=internals, features=rep)
 
 
 def dummy_batch(batch_shape: tuple[int, int]) -> dict:

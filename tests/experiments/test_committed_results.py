@@ -42,6 +42,10 @@ def test_a_committed_record_reproduces_its_runs_results(path):
         scaled = records.metrics_from_record(record, split, rescale_probs(record[split].probs,
                                                                           record.posthoc_temperature))
         assert {k: scaled[k] for k in ts} == pytest.approx(ts, rel=1e-5, abs=1e-7), split
+        for name in record[split].posthoc:            # post-hoc calibrators, where the run has them
+            calibrated = {k: v for k, v in results[f"{split}_{name}"].items() if isinstance(v, float)}
+            recomputed = records.metrics_from_record(record, split, posthoc=name)
+            assert {k: recomputed[k] for k in calibrated} == pytest.approx(calibrated, rel=1e-9, abs=1e-12)
 
 
 def test_committed_tables_rerender_byte_identical_from_the_ledger(tmp_path):

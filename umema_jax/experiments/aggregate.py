@@ -237,10 +237,11 @@ def _load_record(path: str):
 
 def _bootstrap_metric(metric_path: str, task_type: str):
     """record -> value for the metrics a paired bootstrap can recompute cheaply (cls accuracy; ECE, NLL,
-    Brier for any task), or None. `test_posthoc_ts.*` scales the record's probabilities by its T first."""
+    Brier for any task), or None. `test_posthoc_ts.*` scales the record's probabilities by its T first;
+    `test_<calibrator>.*` uses that post-hoc calibrator's probabilities (`calibrated`)."""
     from umema_jax.metrics import calibration as cal
     split, _, key = metric_path.partition(".")
-    if split not in ("test", "test_posthoc_ts"):
+    if not split.startswith("test"):
         return None
     if key in ("{primary}", "accuracy", "primary"):
         return stats.correct_fraction if task_type == "cls" else None
@@ -258,10 +259,26 @@ def bootstrap_cell_difference(a: CellResult, b: CellResult, seed, sign: int):
     if metric is None or "test" not in ra.splits or "test" not in rb.splits:
         return None
     ta, tb = ra["test"], rb["test"]
-    if a.cell.metric.startswith("test_posthoc_ts."):
-        ta, tb = _scaled(ta, ra.posthoc_temperature), _scaled(tb, rb.posthoc_temperature)
+    section_a, section_b = a.cell.metric.split(".")[0], b.cell.metric.split(".")[0]
+    ta, tb = calibrated(ta, ra, section_a), calibrated(tb, rb, section_b)
+    if ta is None or tb is None:
+        return None
     point, lo, hi = stats.paired_bootstrap(metric, ta, tb, seed=int(seed))
     return (sign * point,) + tuple(sorted((sign * lo, sign * hi)))
+
+
+def calibrated(split_record, record, section: str):
+    """The test split as results.json's `section` saw it: `test` as is, `test_posthoc_ts` scaled by the
+    record's T, `test_<calibrator>` with that calibrator's probabilities; None when the record lacks it."""
+    if section == "test":
+        return split_record
+    if section == "test_posthoc_ts":
+        return _scaled(split_record, record.posthoc_temperature)
+    name = section[len("test_"):]
+    if name not in split_record.posthoc:
+        return None
+    probs = split_record.posthoc[name][0]
+    return split_record if probs is None else dataclasses.replace(split_record, probs=probs)
 
 
 def _scaled(split_record, t: float):

@@ -15,6 +15,9 @@ ensembles and paired tests without training. Layout (compressed npz, float32 pro
     <split>/gold_offsets        ner only: [N + 1] start of each sentence's words in gold_tags
     <split>/gold_tags           ner only: [W] every word's gold tag index (words cut off by max_len
                                 included: they count as predicted O in span metrics)
+    <split>/posthoc/<name>/probs        a post-hoc calibrator's probabilities (`uncertainty.posthoc`;
+                                absent when it leaves the model's probabilities alone)
+    <split>/posthoc/<name>/score/<s>    its per-row scores
 
 Float32 keeps argmax ties and small probabilities exact enough that `metrics_from_record` reproduces
 `results.json` (a test checks it); SemEval's dev + test (3,217 x 19) compress to about 0.25 MB.
@@ -40,6 +43,7 @@ class SplitRecord:
     offsets: np.ndarray | None = None         # ner: [N + 1]
     gold_offsets: np.ndarray | None = None    # ner: [N + 1]
     gold_tags: np.ndarray | None = None       # ner: [W]
+    posthoc: dict = dataclasses.field(default_factory=dict)   # calibrator -> (probs or None, {score: [N]})
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,16 +62,18 @@ class SplitRecord:
     def subset(self, rows: np.ndarray) -> "SplitRecord":
         """The record restricted to examples `rows` (in that order, repeats allowed: a bootstrap draw)."""
         rows = np.asarray(rows, dtype=np.int64)
+        pick = lambda idx: {n: (None if p is None else p[idx], {k: v[idx] for k, v in sc.items()})  # noqa: E731
+                            for n, (p, sc) in self.posthoc.items()}
         if self.offsets is None:
             return SplitRecord(self.task_type, self.probs[rows], self.labels[rows], self.ids[rows],
-                               {k: v[rows] for k, v in self.scores.items()})
+                               {k: v[rows] for k, v in self.scores.items()}, posthoc=pick(rows))
         take = lambda off: np.concatenate([np.arange(off[i], off[i + 1]) for i in rows]) if len(rows) \
             else np.zeros(0, np.int64)                                                     # noqa: E731
         words, gold = take(self.offsets), take(self.gold_offsets)
         lengths = lambda off: np.concatenate([[0], np.cumsum(off[rows + 1] - off[rows])])   # noqa: E731
         return SplitRecord(self.task_type, self.probs[words], self.labels[words], self.ids[rows],
                            {k: v[words] for k, v in self.scores.items()}, lengths(self.offsets),
-                           lengths(self.gold_offsets), self.gold_tags[gold])
+                           lengths(self.gold_offsets), self.gold_tags[gold], pick(words))
 
 
 @dataclasses.dataclass
@@ -117,6 +123,10 @@ def save(path: str, record: RunRecord) -> None:
         if r.offsets is not None:
             arrays.update({f"{split}/offsets": r.offsets, f"{split}/gold_offsets": r.gold_offsets,
                            f"{split}/gold_tags": r.gold_tags})
+        for name, (probs, scores) in r.posthoc.items():
+            if probs is not None:
+                arrays[f"{split}/posthoc/{name}/probs"] = np.asarray(probs, np.float32)
+            arrays.update({f"{split}/posthoc/{name}/score/{k}": np.asarray(v, np.float32) for k, v in scores.items()})
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
@@ -139,21 +149,38 @@ def load(path: str) -> RunRecord:
             continue
         prefix = f"{split}/score/"
         scores = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+        posthoc = {}
+        for key in sorted(k for k in data if k.startswith(f"{split}/posthoc/")):
+            name, kind, *rest = key[len(f"{split}/posthoc/"):].split("/")
+            probs, calibrated = posthoc.setdefault(name, (None, {}))
+            if kind == "probs":
+                posthoc[name] = (data[key], calibrated)
+            else:
+                calibrated[rest[0]] = data[key]
         ner = task == "ner"
         splits[split] = SplitRecord(task, data[f"{split}/probs"], data[f"{split}/labels"].astype(np.int64),
                                     data[f"{split}/ids"], scores,
                                     data[f"{split}/offsets"] if ner else None,
                                     data[f"{split}/gold_offsets"] if ner else None,
-                                    data[f"{split}/gold_tags"].astype(np.int64) if ner else None)
+                                    data[f"{split}/gold_tags"].astype(np.int64) if ner else None, posthoc)
     return RunRecord(task, [str(x) for x in data["labels"]], float(data.get("posthoc_temperature", np.nan)),
                      splits)
 
 
-def metrics_from_record(record: RunRecord, split: str, probs: np.ndarray | None = None) -> dict:
+def metrics_from_record(record: RunRecord, split: str, probs: np.ndarray | None = None,
+                        posthoc: str | None = None) -> dict:
     """The metric dict `train.build.make_evaluator` reported for `split` (less `loss`), recomputed from
-    the record alone. `probs` replaces the stored probabilities (e.g. after post-hoc scaling)."""
+    the record alone. `probs` replaces the stored probabilities (e.g. after post-hoc scaling); `posthoc`
+    names a calibrator whose probabilities (if it has its own) and scores are used with the model's."""
     from umema_jax.metrics.evaluate import evaluate_classification, evaluate_ner, uncertainty_quality
     r = record[split]
+    if posthoc is not None:
+        if posthoc not in r.posthoc:
+            raise KeyError(f"the record has no post-hoc calibrator {posthoc!r} for {split} "
+                           f"(has: {', '.join(r.posthoc) or 'none'})")
+        calibrated, scores = r.posthoc[posthoc]
+        r = dataclasses.replace(r, scores={**r.scores, **scores})
+        probs = calibrated if probs is None else probs
     probs = r.probs if probs is None else probs
     names = record.label_names
     if record.task_type == "cls":

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from umema_jax.model import init_variables
 from umema_jax.train import sharding as shd
 from umema_jax.train.state import cast_tree, create_train_state
-from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_train_step
+from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_feature_step, make_train_step
 
 
 def model_config_view(config, task_type: str, num_labels: int):
@@ -77,6 +77,7 @@ class Steps:
     frozen_sharding: Any
     train_step: Any           # (state, frozen, batch) -> (state, metrics), the state donated
     eval_step: Any            # (state, frozen, batch) -> predictions
+    feature_step: Any = None  # (state, frozen, batch) -> predictions + the head's input (post-hoc calibrators)
 
 
 def assemble_steps(setup: Setup, method, *, task_type: str, total_steps: int, grad_accum_steps: int,
@@ -102,5 +103,7 @@ def assemble_steps(setup: Setup, method, *, task_type: str, total_steps: int, gr
                                 state_sh, frozen_sh, shd.batch_sharding(mesh), shd.replicated(mesh))
     eval_step = jit_eval_step(make_eval_step(setup.model, task_type, method), state_sh, frozen_sh,
                               shd.batch_sharding(mesh), shd.replicated(mesh))
+    feature_step = jit_eval_step(make_feature_step(setup.model, task_type, method), state_sh, frozen_sh,
+                                 shd.batch_sharding(mesh), shd.replicated(mesh))     # compiled only when called
     return Steps(tx=tx, schedule=schedule, state=state, state_sharding=state_sh, frozen=frozen,
-                 frozen_sharding=frozen_sh, train_step=train_step, eval_step=eval_step)
+                 frozen_sharding=frozen_sh, train_step=train_step, eval_step=eval_step, feature_step=feature_step)

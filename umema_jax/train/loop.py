@@ -19,17 +19,14 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from umema_jax.data.pipeline import eval_batches, num_eval_batches
 from umema_jax.train import sharding as shd
 from umema_jax.train.checkpoint import Checkpoints
 from umema_jax.train.logging import make_tracker
+from umema_jax.train.predict import HOST_ONLY_KEYS, device_batch, predict  # noqa: F401 (re-exported)
 from umema_jax.train.progress import Progress
 from umema_jax.train.method import METRIC_PREFIX, Method
 from umema_jax.train.assemble import Setup, assemble_steps
 from umema_jax.train.telemetry import PREFIX as TELEMETRY_PREFIX
-
-HOST_ONLY_KEYS = ("example_index",)   # batch keys the pipeline adds for bookkeeping; never sent to devices
-
 
 class NonFiniteLoss(RuntimeError):
     """Loss or gradient became NaN/inf; the state was not updated and the last checkpoint is good."""
@@ -71,6 +68,7 @@ class RunResult:
     train_time_s: float = 0.0        # training loop wall time over all sessions (with dev evals, checkpoints)
     method_state: dict = dataclasses.field(default_factory=dict)   # the method's host state at the end of
     #                                  training (`Controller.state_dict`: traffic, rank history, active layers)
+    posthoc: dict = dataclasses.field(default_factory=dict)   # `uncertainty.posthoc.calibrate`'s output
 
 
 class _Signals:
@@ -96,65 +94,6 @@ class _Signals:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def _device_batch(batch: dict, mesh) -> dict:
-    return shd.put_batch({k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}, mesh)
-
-
-def _per_row(x: np.ndarray, rows: int) -> bool:
-    return x.ndim >= 1 and x.shape[0] == rows
-
-
-def predict(eval_fn, state, frozen, encoded, batch_size: int, pad_multiple: int, mesh,
-            progress: bool = False, desc: str = "eval") -> dict:
-    """Runs the model over every example once; returns host arrays indexed like `encoded`.
-
-    cls: `probs [N,C]`, aux leaves with a per-example axis `[N,…]`.
-    ner: `probs` list of `[words_i, C]` (first sub-token of every kept word),
-    per-token aux leaves likewise; per-sentence aux as `[N]`.
-    Also the summed NLL and target count (loss over real rows only).
-    """
-    n = len(encoded)
-    ner = encoded.task_type == "ner"
-    probs: list = [None] * n
-    aux: dict = {}
-    nll_sum, targets = 0.0, 0.0
-    bar = Progress(num_eval_batches(encoded, batch_size), desc=desc, enabled=progress, leave=False)
-    for batch in eval_batches(encoded, batch_size, pad_multiple=pad_multiple):
-        out = jax.device_get(eval_fn(state, frozen, _device_batch(batch, mesh)))
-        nll_sum += float(out["nll_sum"])
-        targets += float(out["targets"])
-        rows = batch["input_ids"].shape[0]
-        for row, idx in enumerate(batch["example_index"]):
-            if idx < 0:
-                continue
-            if ner:
-                pos = np.nonzero(encoded.word_index[idx] >= 0)[0]
-                probs[idx] = out["probs"][row, pos]
-            else:
-                probs[idx] = out["probs"][row]
-            for k, v in out["aux"].items():
-                v = np.asarray(v)
-                if not _per_row(v, rows):
-                    continue
-                per = v[row]
-                if ner and per.ndim >= 1 and per.shape[0] == batch["input_ids"].shape[1]:
-                    per = per[np.nonzero(encoded.word_index[idx] >= 0)[0]]
-                aux.setdefault(k, [None] * n)[idx] = per
-        bar.update(1, tokens=int((batch["attention_mask"] * batch["example_mask"][:, None]).sum()))
-    bar.close()
-    result = {"probs": probs if ner else np.stack(probs), "nll_sum": nll_sum, "targets": targets,
-              "aux": {}}
-    for k, vals in aux.items():
-        if all(np.ndim(v) == 0 for v in vals) or not ner:
-            try:
-                result["aux"][k] = np.stack(vals)
-                continue
-            except ValueError:
-                pass
-        result["aux"][k] = vals
-    return result
 
 
 @dataclasses.dataclass
@@ -231,6 +170,7 @@ class Trainer:
             self.host_hook(self.controller.after_restore(self.state, self.frozen))
         self.ckpt.discard_after(self.resume_step)
         self.restored = restored is not None
+        self.last_step = self.resume_step  # `fit` moves it to the step training ended at
         self.pending: list = []           # (step, metrics on device): fetched one step late, no host sync
         self.window: dict = {}            # step metrics averaged over the logging window
 
@@ -307,7 +247,7 @@ class Trainer:
                 if step < total_steps and not meta["stopped_early"]:
                     for epoch, k, batch in plan.batches.iterate(meta["epoch"], meta["step_in_epoch"], tcfg.epochs):
                         self.host_hook(self.controller.before_step(step, self.state, self.frozen))
-                        self.state, m = train_fn(self.state, self.frozen, _device_batch(batch, self.mesh))
+                        self.state, m = train_fn(self.state, self.frozen, device_batch(batch, self.mesh))
                         step += 1
                         self.pending.append((step, m))
                         self.drain(keep=1)
@@ -351,10 +291,9 @@ class Trainer:
             self.tracker.close()
         self.last_step = step
 
-    def final_evaluation(self) -> RunResult:
-        """Dev and test scored from the best checkpoint as stored on disk (the same path for resumed runs)."""
-        meta, step, config = self.meta, self.last_step, self.config
-        method_state = self.controller.state_dict()        # end of training (the best checkpoint may be older)
+    def best(self) -> tuple:
+        """(state, frozen, meta) of the best checkpoint as stored on disk (the last state when there is none)."""
+        meta, step = self.meta, self.last_step
         best = self.ckpt.restore_best(self.state)
         best_state, best_meta = best if best is not None else (self.state, dict(meta, best_step=step))
         frozen = self.frozen
@@ -365,6 +304,15 @@ class Trainer:
             print(f"warning: no best checkpoint in {os.path.join(self.workdir, 'checkpoints', 'best')} (best dev step "
                   f"was {meta['best_step']}); final numbers are of the last state, step {step}", file=sys.stderr,
                   flush=True)
+        return best_state, frozen, best_meta
+
+    def final_evaluation(self) -> RunResult:
+        """Dev and test scored from the best checkpoint as stored on disk (the same path for resumed runs),
+        then the post-hoc calibrators of `output.posthoc` fitted on it (`train.posthoc`)."""
+        from umema_jax.train.posthoc import run_calibrators
+        meta, step, config = self.meta, self.last_step, self.config
+        method_state = self.controller.state_dict()        # end of training (the best checkpoint may be older)
+        best_state, frozen, best_meta = self.best()
         results, predictions = {}, {}
         for split in ("dev", "test"):
             preds = predict(self.plan.steps.eval_step, best_state, frozen, self.exp.encoded[split],
@@ -372,8 +320,9 @@ class Trainer:
                             config.output.progress_bar, split)
             results[split] = self.exp.evaluate(split, preds)
             predictions[split] = preds
+        posthoc = run_calibrators(config, self.exp, self.plan, best_state, frozen, self.mesh)
         return RunResult(dev=results["dev"], test=results["test"], predictions=predictions,
                          best_step=int(best_meta.get("best_step") or step), steps=step,
                          stopped_early=bool(meta["stopped_early"]), epoch_times=list(meta["epoch_times"]),
                          history=list(meta["history"]), train_time_s=float(meta.get("train_time_s", 0.0)),
-                         method_state=method_state)
+                         method_state=method_state, posthoc=posthoc)

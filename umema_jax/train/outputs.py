@@ -188,17 +188,34 @@ def numerics_record(model) -> dict:
             "cpu": cpu_model(), "machine": platform.machine()}
 
 
-def write_record(workdir: str, exp, run, posthoc_temperature: float) -> str:
-    """`records.npz`: every dev / test example's probabilities, gold label and uncertainty scores."""
+def run_record(exp, run, posthoc_temperature: float):
+    """The run's per-example record (`metrics.records`): every dev / test example's probabilities, gold
+    label and uncertainty scores."""
     from umema_jax.metrics import records
     info = exp.info
     scores = tuple(info.get("scores") or exp.model.exported_scores())
     splits = {split: records.split_record(exp.task_type, info["labels"], run.predictions[split],
                                           exp.encoded[split], info["examples"][split], scores)
               for split in records.SPLITS}
-    path = os.path.join(workdir, records.FILE)
-    records.save(path, records.RunRecord(exp.task_type, list(info["labels"]), float(posthoc_temperature), splits))
-    return path
+    return records.RunRecord(exp.task_type, list(info["labels"]), float(posthoc_temperature), splits)
+
+
+def posthoc_results(record, calibrated: dict) -> dict:
+    """Puts each post-hoc calibrator's outputs (`uncertainty.posthoc.calibrate`) into `record` and returns
+    results.json's entries for them: `<split>_<name>` metric dicts, recomputed from the record (so the two
+    cannot disagree), and `posthoc`: what each calibrator chose."""
+    from umema_jax.metrics.records import metrics_from_record
+    out: dict = {"posthoc": {}}
+    for name, fitted in calibrated.items():
+        out["posthoc"][name] = fitted["summary"]
+        if "failed" in fitted["summary"]:
+            continue
+        for split in ("dev", "test"):
+            probs, scores = fitted[split]
+            record[split].posthoc[name] = (None if probs is None else np.asarray(probs, np.float32),
+                                           {k: np.asarray(v, np.float32) for k, v in scores.items()})
+            out[f"{split}_{name}"] = _scalars(metrics_from_record(record, split, posthoc=name))
+    return out
 
 
 def lora_record(cfg, arch: str | None) -> dict | None:
@@ -235,7 +252,11 @@ def write_all(workdir: str, config, exp, run, wall_time_s: float, mesh, commit: 
         "jax_version": jax.__version__, "numerics": numerics_record(exp.model),
     }
     results.update(posthoc_temperature_scaling(exp, run))
-    write_record(workdir, exp, run, results["posthoc_temperature"])
+    from umema_jax.metrics import records
+    record = run_record(exp, run, results["posthoc_temperature"])
+    if run.posthoc:
+        results.update(posthoc_results(record, run.posthoc))
+    records.save(os.path.join(workdir, records.FILE), record)
     write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
         f.write(results_table(results))

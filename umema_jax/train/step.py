@@ -181,6 +181,24 @@ def make_eval_step(model, task_type: str, method: Method | None = None) -> Calla
     return eval_step
 
 
+def make_feature_step(model, task_type: str, method: Method | None = None) -> Callable:
+    """(state, frozen, batch) -> the deterministic pass's probabilities, and in `aux` the task head's input
+    `features` [..., d] and the model's `temperature`: what post-hoc calibrators fit on
+    (`uncertainty.posthoc`). Run once after training, over train, dev and test."""
+    method = method or Method()
+
+    def feature_step(state: TrainState, frozen: dict, batch: dict):
+        variables = method.model_variables(frozen, state.trainable, state.memory, state.extra)
+        out = model.apply(variables, batch, train=False)
+        mask = target_mask(batch, task_type)
+        return {"probs": jax.nn.softmax(out.logits.astype(jnp.float32), axis=-1),
+                "nll_sum": cross_entropy_sum(out.logits, batch["labels"], mask), "targets": jnp.sum(mask),
+                "aux": {} if getattr(out, "features", None) is None else     # a model without the field: none
+                       {"features": out.features, "temperature": out.temperature}}
+
+    return feature_step
+
+
 EVAL_SAMPLE_SEED = 0x5A3E   # the dropout keys of sampled evaluation: the same for every run and batch
 
 

@@ -63,6 +63,11 @@ def validate_config(c, method_cls) -> None:
     _check(int(d.test_size) >= 0, f"data.test_size={d.test_size}: must be >= 0 (0 = full test set)")
     _check(int(d.max_len) >= 8, f"data.max_len={d.max_len}: must be >= 8")
     _check(int(d.pad_to_multiple) >= 1, f"data.pad_to_multiple={d.pad_to_multiple}: must be >= 1")
+    from umema_jax.uncertainty import posthoc
+    try:
+        posthoc.parse(c.output.get("posthoc", ""))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
     _check(int(t.epochs) > 0, f"train.epochs={t.epochs}: must be > 0")
     _check(int(t.max_steps) == -1 or int(t.max_steps) > 0, f"train.max_steps={t.max_steps}: must be -1 or > 0")

@@ -16,6 +16,7 @@ from umema_jax.experiments.targets.cost import bench_specs, fig7_cells, fig7_ren
 from umema_jax.experiments.targets.figures import (fig4_cells, fig4_render, fig5_cells, fig5_render, fig6_cells,
                                                    fig6_render)
 from umema_jax.experiments.targets.lr_select import converged, lr_select_cells, lr_select_render
+from umema_jax.experiments.targets.uncertainty import uncertainty_cells, uncertainty_render
 from umema_jax.experiments.targets.setup import table1_cells, table1_render, table2_cells, table2_render
 
 TARGETS = {t.name: t for t in (
@@ -31,6 +32,7 @@ TARGETS = {t.name: t for t in (
     Target("fig5", "Figure 5", fig5_cells, fig5_render),
     Target("fig6", "Figure 6", fig6_cells, fig6_render),
     Target("fig7", "Figure 7", fig7_cells, fig7_render, extra_specs=bench_specs),
+    Target("uncertainty", "Uncertainty heads and calibrators", uncertainty_cells, uncertainty_render),
 )}
 ORDER = list(TARGETS)          # `all` runs them in this order (most informative first, docs/EXPERIMENTS.md)
 

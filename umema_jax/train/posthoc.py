@@ -1,0 +1,56 @@
+"""Post-hoc calibrators on a trained model: the forward passes they need.
+
+At the end of every run, `Trainer.final_evaluation` calls `run_calibrators`: one more deterministic pass
+over dev and test (and train, for calibrators that fit there) collects the task head's input, and each
+calibrator of `output.posthoc` is fitted and applied (`uncertainty.posthoc`). `train.outputs` writes the
+results as `<split>_<name>` in results.json and into the per-example record. `umema_jax.calibrate` does
+the same for a run that finished without them.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from umema_jax.train.predict import predict
+from umema_jax.uncertainty import posthoc as ph
+
+
+def split_outputs(preds: dict, encoded, task_type: str) -> ph.Outputs:
+    """`train.predict.predict`'s output of the feature step -> rows of scored targets (NER: scored words)."""
+    aux = preds["aux"]
+    if task_type == "cls":
+        return ph.Outputs(np.asarray(preds["probs"], np.float64), np.asarray(encoded.labels, np.int64),
+                          np.asarray(aux["features"], np.float64), np.asarray(aux["temperature"], np.float64))
+    keep = [i for i, p in enumerate(preds["probs"]) if np.size(p)]
+    width = lambda xs: tuple(np.shape(xs[keep[0]])[1:]) if keep else ()                  # noqa: E731
+
+    def rows(xs, dtype=np.float64):
+        if not keep:
+            return np.zeros((0,), dtype)
+        return np.concatenate([np.asarray(xs[i], dtype).reshape((-1,) + width(xs)) for i in keep])
+
+    labels = [np.asarray(encoded.labels[i])[encoded.word_index[i] >= 0] for i in keep]
+    return ph.Outputs(rows(preds["probs"]), rows(labels, np.int64), rows(aux["features"]), rows(aux["temperature"]))
+
+
+def head_weights(method, state, frozen) -> dict:
+    """The task head's kernel [d, C] and bias [C] as the model applies them."""
+    variables = method.model_variables(frozen, state.trainable, state.memory, state.extra)
+    head = jax.device_get(variables["params"]["head"])
+    return {"kernel": np.asarray(head["kernel"]), "bias": np.asarray(head["bias"])}
+
+
+def run_calibrators(config, exp, plan, state, frozen, mesh, names=None) -> dict:
+    """Fits and applies the calibrators of `output.posthoc` (or `names`) on `state`; {} when none."""
+    names = ph.parse(config.output.get("posthoc", "")) if names is None else tuple(names)
+    if not names:
+        return {}
+    splits = ("dev", "test") + (("train",) if any(ph.CALIBRATORS[n].needs_train for n in names) else ())
+    outputs = {}
+    for split in splits:
+        preds = predict(plan.steps.feature_step, state, frozen, exp.encoded[split], config.train.eval_batch_size,
+                        config.data.pad_to_multiple, mesh, config.output.progress_bar, f"{split} features")
+        if "features" not in preds["aux"]:
+            return {name: ph.failed(name, ValueError("the model's output has no `features`")) for name in names}
+        outputs[split] = split_outputs(preds, exp.encoded[split], exp.task_type)
+    return ph.calibrate(names, head_weights(plan.method, state, frozen), outputs)
