@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.um.temperature_bias_init = -4.0   # b_T at init (T starts ~1.02)
     c.model.um.kappa_init = -4.0         # κ at init
     c.model.um.temperature_max = 3.0     # soft bound of T; 0 = unbounded METHOD form (collapses, docs/METHOD.md)
+    c.model.um.error_weight = 0.0        # > 0: + w (1 - corr(u_bar, 1 - p_y)) ties u_bar to errors; 0 = the paper
     c.model.um.temperature_input = "unit"  # what w_T reads: unit = M_U's direction (default; seed 2 collapsed with raw) | raw M_U (METHOD); docs/METHOD.md dev. 13
     c.model.um.spread_eps = 1e-6
     # EMA branch (docs/METHOD.md; fields of umema_jax.memory.fusion.EMAConfig), used by lora+ema and full.

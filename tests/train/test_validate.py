@@ -19,6 +19,9 @@ from umema_jax.train.validate import ConfigError  # noqa: E402
     ("optim.eps", float("inf")),
     ("model.lora.alpha", float("inf")),
     ("model.lora.alpha", -2.0),
+    ("model.um.error_weight", -1.0),
+    ("model.um.error_weight", float("nan")),
+    ("output.posthoc", "laplace,bogus"),
 ])
 def test_non_finite_or_negative_numbers_are_rejected(key, value):
     c = get_config()

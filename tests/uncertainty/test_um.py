@@ -250,3 +250,31 @@ def test_confidence_weighted_mean_prefers_confident_tokens():
     h = jnp.array([[[1.0], [10.0]]])
     c = confidence_weighted_mean(h, jnp.array([[0.5, 0.5]]), jnp.array([[1.0, 0.0]]), jnp.ones((1, 2)))
     np.testing.assert_allclose(c, [[1.0]])
+
+
+def test_error_correlation_is_the_masked_pearson_correlation_and_trains_only_u_bar():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from umema_jax.uncertainty.um import UMConfig, error_correlation
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(4, 6)).astype(np.float32)
+    logits = rng.normal(size=(4, 6, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(4, 6))
+    mask = (rng.random((4, 6)) > 0.3).astype(np.float32)
+    labels = np.where(mask > 0, labels, -100)                     # NER sub-tokens carry -100
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    keep = mask > 0
+    t = 1 - np.take_along_axis(p, np.where(keep, labels, 0)[..., None], -1)[..., 0]
+    expected = np.corrcoef(u[keep], t[keep])[0, 1]
+    got = error_correlation(jnp.asarray(u), jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+    assert float(got) == pytest.approx(expected, abs=1e-5)
+    d_logits = jax.grad(lambda z: error_correlation(jnp.asarray(u), z, jnp.asarray(labels), jnp.asarray(mask)))(
+        jnp.asarray(logits))
+    assert float(jnp.abs(d_logits).max()) == 0.0                  # the target 1 - p_y is a constant
+    assert UMConfig().aux_loss(None, None, None) is None           # default: the paper's objective, no term
+
+    out = type("Out", (), {"aux": {"u_bar": jnp.asarray(u)}, "logits": jnp.asarray(logits)})()
+    loss, metrics = UMConfig(error_weight=0.5).aux_loss(out, jnp.asarray(labels), jnp.asarray(mask))
+    assert float(loss) == pytest.approx(0.5 * (1 - expected), abs=1e-5)
+    assert float(metrics["um_error_corr"]) == pytest.approx(expected, abs=1e-5)

@@ -79,6 +79,11 @@ def make_loss_fn(model, task_type: str, method: Method | None = None) -> Callabl
         telemetry = branch_telemetry(out.aux or {}, internals, micro, memory)
         aux, aux_metrics = method.aux_loss(out, micro, extra)
         telemetry.update({METRIC_PREFIX + k: v for k, v in aux_metrics.items()})
+        head = getattr(model, "uncertainty", None)
+        head_term = head.aux_loss(out, micro["labels"], mask) if head is not None else None
+        if head_term is not None:                 # the head's own training term (e.g. UM's error_weight)
+            aux = aux + head_term[0]
+            telemetry.update({METRIC_PREFIX + k: v for k, v in head_term[1].items()})
         return loss + aux, (sums, telemetry)
 
     return loss_fn

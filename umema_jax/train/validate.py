@@ -146,6 +146,8 @@ def _validate_branches(m) -> None:
     _check(um.temperature_input in TEMPERATURE_INPUTS,
            f"model.um.temperature_input={um.temperature_input!r}: must be one of {', '.join(TEMPERATURE_INPUTS)}")
     _check(all(isinstance(i, int) for i in um.layers), f"model.um.layers={um.layers!r}: must be a tuple of ints")
+    _check(math.isfinite(float(um.get("error_weight", 0.0))) and float(um.get("error_weight", 0.0)) >= 0,
+           f"model.um.error_weight={um.get('error_weight')}: must be finite and >= 0 (0 = the paper's objective)")
     for key in ("slots", "d_u", "top_k"):
         _check(int(ema[key]) > 0, f"model.ema.{key}={ema[key]}: must be > 0")
     _check(int(ema.top_k) <= int(ema.slots), f"model.ema.top_k={ema.top_k}: must be <= model.ema.slots={ema.slots}")

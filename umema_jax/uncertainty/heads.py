@@ -17,6 +17,8 @@ fields and their defaults) that declares:
                 `module(embeddings, hidden_states, last_hidden, mask, task_id)`; its output goes
                 through `output(raw, ner)` to a `HeadOutput`
   validate(section)     raise ValueError naming `model.<name>.<key>` for a bad value
+  aux_loss(out, labels, mask) -> (loss, metrics) or None: a training term the head adds to the task loss
+                (`train.step.make_loss_fn`); None (the default) adds nothing to the traced step
 
 `HeadOutput` is what the model uses: the representation fed to the memory and the task head (pooled
 [B, d], or per token [B, n, d] for NER), the temperature that divides the logits (1 = leaves them
@@ -58,6 +60,10 @@ class Head:
     def output(self, raw, ner: bool) -> HeadOutput:
         """The module's output as a `HeadOutput` (the default: the module returns one already)."""
         return raw
+
+    def aux_loss(self, out, labels, mask):
+        """(scalar loss, {name: scalar metric}) added to the training loss, or None for no term."""
+        return None
 
     @classmethod
     def validate(cls, section) -> None:

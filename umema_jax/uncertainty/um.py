@@ -45,6 +45,10 @@ class UMConfig(Head):
       the saturated tanh then passed no gradient to T, κ or ū; with T pinned
       at 3, `full` collapsed to the label prior in seed 2 (the stability study, docs/NOTES.md). 'unit'
       is the default (docs/METHOD.md, deviation 13).
+    error_weight: 0 = the paper's objective. > 0 adds error_weight · (1 − corr(ū, 1 − p_y)) per batch
+      (p_y: the model's probability of the gold label, not differentiated): nothing in the paper's
+      objective tells ū what an error is, and with it alone ū detects errors at chance. A correlation
+      ties ū's ranking to the model's errors without fixing its scale, which T and the memory also read.
     """
     d_u: int = 64
     quant_levels: int = 8
@@ -55,6 +59,7 @@ class UMConfig(Head):
     temperature_max: float = 3.0
     temperature_input: str = "unit"
     spread_eps: float = 1e-6
+    error_weight: float = 0.0
 
     name: ClassVar[str] = "um"
     scores: ClassVar[tuple] = ("u_ale", "u_epi", "u_bar")
@@ -72,6 +77,12 @@ class UMConfig(Head):
         return HeadOutput(raw.representation, raw.temperature,
                           {"u_ale": raw.u_ale, "u_epi": raw.u_epi, "u_bar": raw.u_bar}, raw.memory_embedding,
                           raw.u_bar)
+
+    def aux_loss(self, out, labels, mask):
+        if not self.error_weight:
+            return None
+        corr = error_correlation(out.aux["u_bar"], out.logits, labels, mask)
+        return self.error_weight * (1.0 - corr), {"um_error_corr": corr}
 
     @classmethod
     def from_section(cls, section) -> "UMConfig":
@@ -133,6 +144,20 @@ def causal_mixing_weights(queries: jax.Array, keys: jax.Array, mask: jax.Array) 
     allowed = causal[None] & m[:, None, :] & m[:, :, None]
     p = jax.nn.softmax(jnp.where(allowed, scores, _NEG), axis=-1)
     return jnp.where(allowed, p, 0.0)
+
+
+def error_correlation(u_bar: jax.Array, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Pearson correlation, over the scored targets (`mask`), between ū and 1 − p_y, the model's
+    probability of missing the gold label (a constant: only ū is trained by it)."""
+    m = mask.astype(jnp.float32)
+    safe = jnp.where(m > 0, labels, 0).astype(jnp.int32)
+    p_y = jnp.take_along_axis(jax.nn.softmax(logits.astype(jnp.float32), -1), safe[..., None], -1)[..., 0]
+    t = jax.lax.stop_gradient(1.0 - p_y)
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    du = u_bar - jnp.sum(m * u_bar) / n
+    dt = t - jnp.sum(m * t) / n
+    cov = jnp.sum(m * du * dt) / n
+    return cov / jnp.sqrt(jnp.sum(m * du * du) / n * jnp.sum(m * dt * dt) / n + 1e-12)
 
 
 def calibration_temperature(base_logit: jax.Array, kappa: jax.Array, u_bar: jax.Array,

@@ -22,7 +22,8 @@ ROWS = (("LoRA", P.LORA, "test", "maxprob", 1),
         (MC_DROPOUT.label, MC_DROPOUT, "test", "mutual_information", 8),
         (P.OURS.label, P.OURS, "test", "u_bar", 1),
         (f"{P.OURS.label} + post-hoc TS", P.OURS, "test_posthoc_ts", "u_bar", 1),
-        (f"{P.OURS.label} + last-layer Laplace", P.OURS, "test_laplace", "laplace_variance", 1))
+        (f"{P.OURS.label} + last-layer Laplace", P.OURS, "test_laplace", "laplace_variance", 1),
+        (P.OURS_ERROR_U.label, P.OURS_ERROR_U, "test", "u_bar", 1))
 METRICS = (("Acc / F1", "{primary}"), ("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"),
            ("AUROC max-p", "auroc_error_maxprob"), ("AUROC own", "auroc_error_{score}"),
            ("AURC own", "aurc_{score}"), ("PRR own", "prr_{score}"))
@@ -37,7 +38,7 @@ def uncertainty_cells(ctx):
     and the ensemble, the logit variance for Laplace, 1 − predicted TCP for the correctness head) the
     error-detection AUROC, AURC and PRR. The calibrators read the LoRA and Ours runs (they run after
     training); the ensemble averages the records of the LoRA runs of seeds s, s+1, s+2 (no training); only
-    MC dropout trains runs of its own."""
+    MC dropout and Ours with ū tied to errors (`model.um.error_weight`) train runs of their own."""
     n = ctx.profile.selection_size
     cells = []
     for b in ctx.profile.backbones:
