@@ -60,3 +60,13 @@ def test_committed_tables_rerender_byte_identical_from_the_ledger(tmp_path):
         with open(os.path.join(RESULTS, f"{name}.md"), encoding="utf-8") as f:
             committed = f.read()
         assert (out / f"{name}.md").read_text(encoding="utf-8") == committed, name
+
+
+def test_committed_ledger_and_tables_name_no_path_outside_the_repository():
+    """Runs trained under a --root outside the checkout are recorded with a repository-relative command."""
+    import glob
+    for path in glob.glob(os.path.join(RESULTS, "**", "*.json"), recursive=True) + \
+            glob.glob(os.path.join(RESULTS, "*.md")):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        assert "--workdir=/" not in text and "runs under `/" not in text, path

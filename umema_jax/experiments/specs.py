@@ -324,7 +324,10 @@ def record(root: str, ledger: str, spec: RunSpec) -> bool:
     paths = {"config": os.path.join(wd, "config.json"), "results": os.path.join(wd, RESULT_FILE)}
     if not all(os.path.isfile(p) for p in paths.values()):
         return False
-    entry = {"run": spec.name, "command": spec.command(repo_relative(wd)), "source": "run directory",
+    shown = repo_relative(wd)
+    if os.path.isabs(shown):           # a root outside the checkout is this machine's business, not the ledger's
+        shown = os.path.join("runs", spec.name)
+    entry = {"run": spec.name, "command": spec.command(shown), "source": "run directory",
              **{key: _read_json(path) for key, path in paths.items()}}
     record_src = os.path.join(wd, RECORD_FILE)
     record_dst = ledger_record_path(ledger, spec)
