@@ -43,6 +43,8 @@ def test_config_docstring_states_a_command_that_parses(path, monkeypatch):
     assert any(f"--config={rel}" in c for c in commands), f"{rel}: no command runs this config"
     for command in commands:
         config = parse(command)
+        if config.data.data_dir and not os.path.isdir(config.data.data_dir) and "data.data_dir" not in command:
+            config.data.data_dir = ""     # a machine without the data folder: the command's own keys still count
         validate_config(config)
         for arg in shlex.split(command):
             if arg.startswith("--config."):
