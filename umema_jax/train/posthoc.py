@@ -11,26 +11,23 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from umema_jax.train.outputs import reliability_inputs
 from umema_jax.train.predict import predict
 from umema_jax.uncertainty import posthoc as ph
 
 
 def split_outputs(preds: dict, encoded, task_type: str) -> ph.Outputs:
     """`train.predict.predict`'s output of the feature step -> rows of scored targets (NER: scored words)."""
+    probs, labels = reliability_inputs(task_type, preds, encoded)        # the rows every metric scores
     aux = preds["aux"]
     if task_type == "cls":
-        return ph.Outputs(np.asarray(preds["probs"], np.float64), np.asarray(encoded.labels, np.int64),
-                          np.asarray(aux["features"], np.float64), np.asarray(aux["temperature"], np.float64))
-    keep = [i for i, p in enumerate(preds["probs"]) if np.size(p)]
-    width = lambda xs: tuple(np.shape(xs[keep[0]])[1:]) if keep else ()                  # noqa: E731
-
-    def rows(xs, dtype=np.float64):
-        if not keep:
-            return np.zeros((0,), dtype)
-        return np.concatenate([np.asarray(xs[i], dtype).reshape((-1,) + width(xs)) for i in keep])
-
-    labels = [np.asarray(encoded.labels[i])[encoded.word_index[i] >= 0] for i in keep]
-    return ph.Outputs(rows(preds["probs"]), rows(labels, np.int64), rows(aux["features"]), rows(aux["temperature"]))
+        features, temperature = aux["features"], aux["temperature"]
+    else:                              # the same sentences as `reliability_inputs` keeps, concatenated
+        keep = [i for i, p in enumerate(preds["probs"]) if np.size(p)]
+        features = np.concatenate([aux["features"][i] for i in keep]) if keep else np.zeros((0, 0))
+        temperature = np.concatenate([aux["temperature"][i] for i in keep]) if keep else np.zeros(0)
+    return ph.Outputs(np.asarray(probs, np.float64), np.asarray(labels, np.int64),
+                      np.asarray(features, np.float64), np.asarray(temperature, np.float64))
 
 
 def head_weights(method, state, frozen) -> dict:
