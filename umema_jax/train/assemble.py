@@ -78,6 +78,7 @@ class Steps:
     train_step: Any           # (state, frozen, batch) -> (state, metrics), the state donated
     eval_step: Any            # (state, frozen, batch) -> predictions
     feature_step: Any = None  # (state, frozen, batch) -> predictions + the head's input (post-hoc calibrators)
+    eval_samples: int = 1     # forward passes per eval prediction (> 1: a sampling head such as MC dropout)
 
 
 def assemble_steps(setup: Setup, method, *, task_type: str, total_steps: int, grad_accum_steps: int,
@@ -106,4 +107,5 @@ def assemble_steps(setup: Setup, method, *, task_type: str, total_steps: int, gr
     feature_step = jit_eval_step(make_feature_step(setup.model, task_type, method), state_sh, frozen_sh,
                                  shd.batch_sharding(mesh), shd.replicated(mesh))     # compiled only when called
     return Steps(tx=tx, schedule=schedule, state=state, state_sharding=state_sh, frozen=frozen,
-                 frozen_sharding=frozen_sh, train_step=train_step, eval_step=eval_step, feature_step=feature_step)
+                 frozen_sharding=frozen_sh, train_step=train_step, eval_step=eval_step, feature_step=feature_step,
+                 eval_samples=int(setup.model.eval_samples()) if hasattr(setup.model, "eval_samples") else 1)

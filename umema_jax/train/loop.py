@@ -308,19 +308,25 @@ class Trainer:
 
     def final_evaluation(self) -> RunResult:
         """Dev and test scored from the best checkpoint as stored on disk (the same path for resumed runs),
-        then the post-hoc calibrators of `output.posthoc` fitted on it (`train.posthoc`)."""
-        from umema_jax.train.posthoc import run_calibrators
+        then the post-hoc calibrators of `output.posthoc` fitted on it (`train.posthoc`). A deterministic
+        model with calibrators makes one pass per split: the feature step's probabilities are the eval
+        step's, and its `features` go to the calibrators only."""
+        from umema_jax.train.posthoc import calibrator_names, run_calibrators
         meta, step, config = self.meta, self.last_step, self.config
         method_state = self.controller.state_dict()        # end of training (the best checkpoint may be older)
         best_state, frozen, best_meta = self.best()
-        results, predictions = {}, {}
+        one_pass = bool(calibrator_names(config)) and self.plan.steps.eval_samples == 1
+        results, predictions, computed = {}, {}, {}
         for split in ("dev", "test"):
-            preds = predict(self.plan.steps.eval_step, best_state, frozen, self.exp.encoded[split],
-                            config.train.eval_batch_size, config.data.pad_to_multiple, self.mesh,
-                            config.output.progress_bar, split)
+            preds = predict(self.plan.steps.feature_step if one_pass else self.plan.steps.eval_step, best_state,
+                            frozen, self.exp.encoded[split], config.train.eval_batch_size,
+                            config.data.pad_to_multiple, self.mesh, config.output.progress_bar, split)
+            if one_pass:
+                computed[split] = {**preds, "aux": dict(preds["aux"])}
+                preds["aux"].pop("features", None)
             results[split] = self.exp.evaluate(split, preds)
             predictions[split] = preds
-        posthoc = run_calibrators(config, self.exp, self.plan, best_state, frozen, self.mesh)
+        posthoc = run_calibrators(config, self.exp, self.plan, best_state, frozen, self.mesh, computed=computed)
         return RunResult(dev=results["dev"], test=results["test"], predictions=predictions,
                          best_step=int(best_meta.get("best_step") or step), steps=step,
                          stopped_early=bool(meta["stopped_early"]), epoch_times=list(meta["epoch_times"]),

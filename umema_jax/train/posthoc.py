@@ -37,16 +37,22 @@ def head_weights(method, state, frozen) -> dict:
     return {"kernel": np.asarray(head["kernel"]), "bias": np.asarray(head["bias"])}
 
 
-def run_calibrators(config, exp, plan, state, frozen, mesh, names=None) -> dict:
-    """Fits and applies the calibrators of `output.posthoc` (or `names`) on `state`; {} when none."""
-    names = ph.parse(config.output.get("posthoc", "")) if names is None else tuple(names)
+def calibrator_names(config) -> tuple:
+    return ph.parse(config.output.get("posthoc", ""))
+
+
+def run_calibrators(config, exp, plan, state, frozen, mesh, names=None, computed: dict | None = None) -> dict:
+    """Fits and applies the calibrators of `output.posthoc` (or `names`) on `state`; {} when none.
+    `computed`: {split: the feature step's predictions} already made on `state` (not made again)."""
+    names = calibrator_names(config) if names is None else tuple(names)
     if not names:
         return {}
     splits = ("dev", "test") + (("train",) if any(ph.CALIBRATORS[n].needs_train for n in names) else ())
     outputs = {}
     for split in splits:
-        preds = predict(plan.steps.feature_step, state, frozen, exp.encoded[split], config.train.eval_batch_size,
-                        config.data.pad_to_multiple, mesh, config.output.progress_bar, f"{split} features")
+        preds = (computed or {}).get(split) or predict(
+            plan.steps.feature_step, state, frozen, exp.encoded[split], config.train.eval_batch_size,
+            config.data.pad_to_multiple, mesh, config.output.progress_bar, f"{split} features")
         if "features" not in preds["aux"]:
             return {name: ph.failed(name, ValueError("the model's output has no `features`")) for name in names}
         outputs[split] = split_outputs(preds, exp.encoded[split], exp.task_type)

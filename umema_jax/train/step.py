@@ -144,11 +144,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     return train_step
 
 
-def make_eval_step(model, task_type: str, method: Method | None = None) -> Callable:
-    """(state, frozen, batch) -> probabilities, summed NLL, target count, aux outputs. Never writes the bank."""
+def make_eval_step(model, task_type: str, method: Method | None = None, features: bool = False) -> Callable:
+    """(state, frozen, batch) -> probabilities, summed NLL, target count, aux outputs. Never writes the bank.
+
+    `features=True` (the feature step): a deterministic pass that also returns, in `aux`, the task head's
+    input `features` [..., d] and the model's `temperature`, what post-hoc calibrators fit on
+    (`uncertainty.posthoc`). Its probabilities are the deterministic ones, so for a deterministic model the
+    final evaluation scores the run and feeds the calibrators from this one pass."""
     method = method or Method()
 
-    samples = int(model.eval_samples()) if hasattr(model, "eval_samples") else 1
+    samples = 1 if features else int(model.eval_samples()) if hasattr(model, "eval_samples") else 1
 
     def eval_step(state: TrainState, frozen: dict, batch: dict):
         variables = method.model_variables(frozen, state.trainable, state.memory, state.extra)
@@ -160,6 +165,8 @@ def make_eval_step(model, task_type: str, method: Method | None = None) -> Calla
         aux = dict(out.aux or {})
         if getattr(out, "temperature", None) is not None:
             aux.setdefault("temperature", out.temperature)
+        if features and getattr(out, "features", None) is not None:      # a model without the field: none
+            aux["features"] = out.features
         return {"probs": probs, "nll_sum": cross_entropy_sum(out.logits, batch["labels"], mask),
                 "targets": jnp.sum(mask), "aux": aux}
 
@@ -187,21 +194,8 @@ def make_eval_step(model, task_type: str, method: Method | None = None) -> Calla
 
 
 def make_feature_step(model, task_type: str, method: Method | None = None) -> Callable:
-    """(state, frozen, batch) -> the deterministic pass's probabilities, and in `aux` the task head's input
-    `features` [..., d] and the model's `temperature`: what post-hoc calibrators fit on
-    (`uncertainty.posthoc`). Run once after training, over train, dev and test."""
-    method = method or Method()
-
-    def feature_step(state: TrainState, frozen: dict, batch: dict):
-        variables = method.model_variables(frozen, state.trainable, state.memory, state.extra)
-        out = model.apply(variables, batch, train=False)
-        mask = target_mask(batch, task_type)
-        return {"probs": jax.nn.softmax(out.logits.astype(jnp.float32), axis=-1),
-                "nll_sum": cross_entropy_sum(out.logits, batch["labels"], mask), "targets": jnp.sum(mask),
-                "aux": {} if getattr(out, "features", None) is None else     # a model without the field: none
-                       {"features": out.features, "temperature": out.temperature}}
-
-    return feature_step
+    """The deterministic eval step with the head's input in `aux` (`make_eval_step(..., features=True)`)."""
+    return make_eval_step(model, task_type, method, features=True)
 
 
 EVAL_SAMPLE_SEED = 0x5A3E   # the dropout keys of sampled evaluation: the same for every run and batch
