@@ -48,6 +48,25 @@ def test_a_committed_record_reproduces_its_runs_results(path):
             assert {k: recomputed[k] for k in calibrated} == pytest.approx(calibrated, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("path", RECORDS, ids=[os.path.basename(p)[:60] for p in RECORDS])
+def test_tables_recompute_a_metric_from_the_record_as_the_run_reported_it(path):
+    """A cell whose run predates one of its metrics reads it from the run's record (`record_metric`): where
+    the run did report it, the two agree, and today's metrics (AURC, PRR per score) are all there."""
+    from umema_jax.experiments.aggregate import record_metric
+    with open(path[:-len(".npz")] + ".json", encoding="utf-8") as f:
+        results = json.load(f)["results"]
+    sections = ["test", "test_posthoc_ts"] + [f"test_{n}" for n in records.load(path)["test"].posthoc]
+    for section in sections:
+        reported = {k: v for k, v in results[section].items() if isinstance(v, float) and k != "loss"}
+        recomputed = {k: record_metric(path, f"{section}.{k}") for k in reported}
+        assert recomputed == pytest.approx(reported, rel=1e-5, abs=1e-7), section
+        assert record_metric(path, f"{section}.aurc_maxprob") is not None, section
+        assert record_metric(path, f"{section}.prr_maxprob") is not None, section
+    assert record_metric(path, "test.{primary}", results["primary_metric"]) == pytest.approx(
+        results["test"][results["primary_metric"]])
+    assert record_metric(path, "test_no_such_calibrator.ece") is None
+
+
 def test_committed_tables_rerender_byte_identical_from_the_ledger(tmp_path):
     out = tmp_path / "cpu"
     shutil.copytree(os.path.join(RESULTS, S.LEDGER_DIR), out / S.LEDGER_DIR)

@@ -143,9 +143,11 @@ def summarise(cell: Cell, root: str, ledger: str = "", mark_uncommitted: bool = 
             failed += S.failure(root, spec) is not None
             continue
         seed = spec.get("seed", 0)
-        values[seed] = get_metric(results, cell.metric)
-        uncommitted += mark_uncommitted and str(results.get("git_commit", "")).endswith("-dirty")
         path = S.record_path(root, spec, ledger)
+        values[seed] = get_metric(results, cell.metric)
+        if values[seed] is None and path:      # a metric added after the run: recomputed from its record
+            values[seed] = record_metric(path, cell.metric, results.get("primary_metric", "primary"))
+        uncommitted += mark_uncommitted and str(results.get("git_commit", "")).endswith("-dirty")
         if path:
             records[seed] = path
     return CellResult(cell, values, expected=len(cell.specs), failed=failed, runs=runs, records=records,
@@ -233,6 +235,33 @@ def combine(comps: list, mode: str = "every") -> tuple[str, str]:
 def _load_record(path: str):
     from umema_jax.metrics import records
     return records.load(path)
+
+
+@functools.lru_cache(maxsize=256)
+def record_metrics(path: str, section: str) -> dict | None:
+    """results.json's `section` (`dev`/`test`, `test_posthoc_ts`, `test_<calibrator>`) recomputed from a
+    run's per-example record by today's metric code; None when the record lacks it."""
+    from umema_jax.metrics.records import metrics_from_record
+    record = _load_record(path)
+    split = section.split("_")[0]
+    if split not in record.splits:
+        return None
+    rest = section[len(split) + 1:]
+    if not rest:
+        return metrics_from_record(record, split)
+    if rest == "posthoc_ts":
+        return metrics_from_record(record, split, probs=_scaled(record[split], record.posthoc_temperature).probs)
+    if rest not in record[split].posthoc:
+        return None
+    return metrics_from_record(record, split, posthoc=rest)
+
+
+def record_metric(path: str, metric_path: str, primary_metric: str = "primary") -> float | None:
+    """One metric (`section.key`, as a cell names it) recomputed from a run's record, or None."""
+    section = metric_path.split(".")[0]
+    metrics = record_metrics(path, section)
+    return None if metrics is None else get_metric({section: metrics, "primary_metric": primary_metric},
+                                                   metric_path)
 
 
 def _bootstrap_metric(metric_path: str, task_type: str):
