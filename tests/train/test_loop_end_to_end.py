@@ -317,7 +317,18 @@ def test_cls_results_json_equals_recomputation_from_predictions_jsonl(tmp_path, 
     config = smoke_config()
     config.data.pad_to_multiple = config.data.max_len      # one padded shape: one compile per step function
     config.train.early_stopping_patience = 0
+    passes = []                              # every evaluation pass, by its progress label
+    import umema_jax.train.loop as loop_module
+    import umema_jax.train.posthoc as posthoc_module
+
+    def counted(real):
+        return lambda *a, **k: passes.append(a[8]) or real(*a, **k)
+    for module in (loop_module, posthoc_module):
+        monkeypatch.setattr(module, "predict", counted(module.predict))
     exp, run, results, records, step0 = _run(config, tmp_path)
+    # The final evaluation's dev and test passes also feed the calibrators; only Laplace's train pass is extra.
+    assert config.output.posthoc and results["posthoc"] and passes[-3:] == ["dev", "test", "train features"]
+    assert "dev features" not in passes and "test features" not in passes
     check_first_train_loss_is_ce_of_raw_over_t(config, exp, step0, tmp_path)
     names = exp.info["labels"]
     assert len(names) == 19 and len(records) == results["sizes"]["test"] == 30

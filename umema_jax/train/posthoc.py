@@ -1,10 +1,12 @@
 """Post-hoc calibrators on a trained model: the forward passes they need.
 
-At the end of every run, `Trainer.final_evaluation` calls `run_calibrators`: one more deterministic pass
-over dev and test (and train, for calibrators that fit there) collects the task head's input, and each
-calibrator of `output.posthoc` is fitted and applied (`uncertainty.posthoc`). `train.outputs` writes the
-results as `<split>_<name>` in results.json and into the per-example record. `umema_jax.calibrate` does
-the same for a run that finished without them.
+At the end of every run, `Trainer.final_evaluation` scores dev and test with the feature step (the eval
+step that also returns the task head's input) and hands those passes to `run_calibrators`, which adds a
+pass over train for calibrators that fit there; each calibrator of `output.posthoc` is fitted and applied
+(`uncertainty.posthoc`). A sampling head (MC dropout) is scored by its own eval step, and the calibrators
+then make their own deterministic passes. `train.outputs` writes the results as `<split>_<name>` in
+results.json and into the per-example record. `umema_jax.calibrate` does the same for a run that finished
+without them.
 """
 from __future__ import annotations
 
