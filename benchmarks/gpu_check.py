@@ -45,7 +45,7 @@ def bench_args(tiny: bool, method: str, output: str) -> list:
 
 def launch_args(tiny: bool, workdir: str) -> list:
     if tiny:
-        cfg = ["--config=configs/smoke.py", "--config.train.epochs=1"]
+        cfg = ["--config=configs/smoke.py", "--config.train.epochs=1", "--config.output.posthoc="]
     else:
         cfg = ["--config=configs/semeval.py"]
     return [sys.executable, "launch.py", *cfg, "--config.model.dtype=bfloat16", f"--workdir={workdir}"]

@@ -52,6 +52,11 @@ def test_all_targets_of_the_smoke_profile(tmp_path):
     # fig6's curves come from the runs' per-example records; the bins' mean confidence lies in [0, 1]
     curves = json.load(open(os.path.join(out, "fig6.json")))["curves"]
     assert curves and all(0 <= x <= 1 for c in curves.values() for x in c["confidence"] + c["accuracy"])
+    # calibrators run only where a table reads them (smoke profile), and those rows are computed
+    unc = json.load(open(os.path.join(out, "uncertainty.json")))["cells"]
+    laplace = [c for c in unc if c["labels"]["method"] == "LoRA + last-layer Laplace" and c["labels"]["metric"] == "ECE"]
+    assert laplace and all(v is not None for c in laplace for v in c["per_seed"].values()) and \
+        all(c["per_seed"] for c in laplace)
     # every claim states its effect and interval, or why it has none
     for name in ORDER:
         for c in json.load(open(os.path.join(out, f"{name}.json")))["claims"]:
