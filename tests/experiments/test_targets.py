@@ -469,6 +469,15 @@ def test_fig7_reads_benchmark_step_times(tmp_path):
     side = json.loads((tmp_path / "out" / "fig7.json").read_text())
     assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == A.CANNOT_TELL
 
+    # the benchmark is in the run ledger: a clone without the run directory renders the same figure
+    entry = json.load(open(S.ledger_path(ctx.ledger, bench)))
+    assert entry["records"] == records and entry["command"].startswith("python -m umema_jax.bench --backbone=")
+    md = (tmp_path / "out" / "fig7.md").read_text()
+    shutil.rmtree(ctx.root)
+    assert S.finished(ctx.root, bench, ctx.ledger) and not S.finished(ctx.root, bench)
+    pipeline.render(ctx, ["fig7"], log=lambda m: None)
+    assert (tmp_path / "out" / "fig7.md").read_text() == md
+
 
 def test_estimates_count_aloras_scoring_and_the_cpu_profile_scores_to_first_order(tmp_path):
     from umema_jax.experiments import estimate as E

@@ -168,7 +168,8 @@ def render(ctx: Context, names: list, log) -> list:
     for name in names:
         t = TARGETS[name]
         cells = t.cells(ctx)
-        recorded = sum(S.record(ctx.root, ctx.ledger, s) for c in cells for s in c.specs)
+        extra = t.extra_specs(ctx) if t.extra_specs else []
+        recorded = sum(S.record(ctx.root, ctx.ledger, s) for s in [s for c in cells for s in c.specs] + extra)
         if recorded:
             log(f"[experiments] run ledger: {recorded} finished run(s) recorded under {ctx.ledger}")
         results = [A.summarise(c, ctx.root, ctx.ledger, ctx.profile.published) for c in cells]

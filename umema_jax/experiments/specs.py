@@ -278,11 +278,10 @@ def load_results(root: str, spec: RunSpec, ledger: str = "") -> dict | None:
     """A finished run's results: from its run directory, else from its ledger entry; None when unfinished
     or stale."""
     if spec.kind == "bench":
-        path = os.path.join(workdir(root, spec), BENCH_FILE)
-        if not finished(root, spec):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return {"records": [json.loads(line) for line in f if line.strip()]}
+        if finished(root, spec):
+            return {"records": _bench_records(root, spec)}
+        entry = ledger_entry(ledger, spec)
+        return None if entry is None else {"records": entry["records"]}
     if stale_keys(root, spec, ledger):
         return None
     path = os.path.join(workdir(root, spec), RESULT_FILE)
@@ -299,8 +298,9 @@ def ledger_path(ledger: str, spec: RunSpec) -> str:
 
 
 def ledger_entry(ledger: str, spec: RunSpec) -> dict | None:
-    """The ledger's record of a training run ({'run', 'config', 'results', 'source', ...}) or None."""
-    if not ledger or spec.kind != "train":
+    """The ledger's record of a training run ({'run', 'config', 'results', 'source', ...}) or of a
+    benchmark ({'run', 'command', 'source', 'records'}), or None."""
+    if not ledger:
         return None
     path = ledger_path(ledger, spec)
     if not os.path.isfile(path):
@@ -310,14 +310,38 @@ def ledger_entry(ledger: str, spec: RunSpec) -> dict | None:
             entry = json.load(f)
         except ValueError as err:
             raise ValueError(f"{path}: not a run-ledger entry ({err}); delete it to rebuild it") from None
-    if not isinstance(entry, dict) or not {"config", "results"} <= entry.keys():
-        raise ValueError(f"{path}: not a run-ledger entry (needs 'config' and 'results'); delete it to rebuild it")
+    needs = {"records"} if spec.kind == "bench" else {"config", "results"}
+    if not isinstance(entry, dict) or not needs <= entry.keys():
+        raise ValueError(f"{path}: not a run-ledger entry (needs {' and '.join(map(repr, sorted(needs)))}); "
+                         "delete it to rebuild it")
     return entry
+
+
+def _bench_records(root: str, spec: RunSpec) -> list:
+    with open(os.path.join(workdir(root, spec), BENCH_FILE), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _record_bench(root: str, ledger: str, spec: RunSpec) -> bool:
+    """A finished benchmark's per-method records (step times per round, host CPU) into the ledger."""
+    if not finished(root, spec):
+        return False
+    entry = {"run": spec.name, "command": spec.command(""), "source": "benchmark",
+             "records": _bench_records(root, spec)}
+    if ledger_entry(ledger, spec) == entry:
+        return False
+    from umema_jax.train.outputs import write_json
+    os.makedirs(ledger, exist_ok=True)
+    write_json(ledger_path(ledger, spec), entry)
+    return True
 
 
 def record(root: str, ledger: str, spec: RunSpec) -> bool:
     """Copies a finished, non-stale run's `config.json` and `results.json` into the ledger (atomic write;
-    rewritten only when they changed). Returns whether the entry was written."""
+    rewritten only when they changed); a benchmark's records likewise. Returns whether the entry was
+    written."""
+    if ledger and spec.kind == "bench":
+        return _record_bench(root, ledger, spec)
     if not ledger or spec.kind != "train" or stale_keys(root, spec, ledger):
         return False
     wd = workdir(root, spec)
