@@ -292,7 +292,8 @@ class Runner:
         import jax
         from umema_jax import runtime
         rec.update(platform=devices[0].platform, device_kind=getattr(devices[0], "device_kind", ""),
-                   host_cpus=runtime.host_cores(), versions=dict(jax=jax.__version__, python=platform.python_version()),
+                   host_cpus=runtime.host_cores(), cpu=runtime.cpu_model(),
+                   versions=dict(jax=jax.__version__, python=platform.python_version()),
                    xla_flags=os.environ.get("XLA_FLAGS", ""),
                    compiler_options=runtime.compiler_options(devices[0].platform),
                    tag=_TAG.value)

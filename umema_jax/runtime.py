@@ -24,6 +24,15 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (/proc/cpuinfo), recorded with runs and benchmarks; '' where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def compiler_options(platform: str, cores: int | None = None) -> dict | None:
     """XLA compiler options for the train / eval steps on `platform` ('cpu', 'gpu', 'tpu')."""
     if platform != "cpu":

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from umema_jax import runtime
+
 CHOICES = ("auto", "xla", "onednn")
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemm.cc")
 _TARGET = "umema_cpu_gemm"
@@ -159,14 +161,6 @@ PROBE_ROWS = 512                  # tokens of the probe's block: a batch of 8 x 
 MARGIN = 0.95                     # oneDNN is chosen only when it takes at most this fraction of XLA's time
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
-
-
 def probe_times(shape_class: tuple, dtype: str, rounds: int = 3, calls: int = 3) -> dict:
     """Median seconds of one forward + backward (input gradient only: frozen weights, as the backbone's)
     of an MLP block `[rows, d] @ [d, f] -> gelu -> @ [f, d]` on each path, the paths alternated."""
@@ -199,7 +193,8 @@ def _choices_path() -> str:
 def measured_choice(shape_class: tuple, dtype: str = "float32") -> str:
     """The faster matmul path on this host for `shape_class` and `dtype`, from the cache or measured now
     (a few seconds, once; one line on stderr says what was measured)."""
-    key = f"{_cpu_name()} | jax {jax.__version__} | {shape_class[0]}x{shape_class[1]} | {jnp.dtype(dtype).name}"
+    key = (f"{runtime.cpu_model() or 'unknown'} | jax {jax.__version__} | {shape_class[0]}x{shape_class[1]} | "
+           f"{jnp.dtype(dtype).name}")
     path = _choices_path()
     try:
         with open(path, encoding="utf-8") as fh:

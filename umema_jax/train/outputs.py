@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from umema_jax import runtime
 from umema_jax.uncertainty.temperature import fit_temperature, rescale_probs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -170,22 +171,13 @@ def posthoc_temperature_scaling(exp, run) -> dict:
     return out
 
 
-def cpu_model() -> str:
-    """The host CPU's model name (/proc/cpuinfo), for the numerics record; '' where unreadable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
 def numerics_record(model) -> dict:
     """What decides a run's rounding besides its config: the matmul path the model ran on (`auto` resolved,
     by measurement on CPU) and the host. Runs are paired (same seed, same data order) only when these
     agree: rounding alone moves a result."""
     import platform
     return {"matmul_path": str(getattr(model, "cpu_matmul", "xla")), "backend": jax.default_backend(),
-            "cpu": cpu_model(), "machine": platform.machine()}
+            "cpu": runtime.cpu_model(), "machine": platform.machine()}
 
 
 def run_record(exp, run, posthoc_temperature: float):

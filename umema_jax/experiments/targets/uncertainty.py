@@ -100,8 +100,9 @@ def uncertainty_render(ctx, results):
         if part:
             body += [f"**{DATASET_LABEL[d]}**", ""] + A.pivot(part, ("backbone", "method"), ("metric",)) + [""]
     body += ["Forward passes per test example: " + ", ".join(f"{label} {k}" for label, _, _, _, k in ROWS)
-             + f", {ENSEMBLE} {ENSEMBLE_SIZE}. The calibrators add one pass over dev and test after training "
-             "(Laplace also one over train); MC dropout evaluates dev with its samples at every epoch."]
+             + f", {ENSEMBLE} {ENSEMBLE_SIZE}. The calibrators read the final evaluation's dev and test pass "
+             "(runs before the one-pass evaluation made a second one); Laplace adds one over train; MC dropout "
+             "evaluates dev with its samples at every epoch."]
     labels = [label for label, *_ in ROWS if label != "LoRA"] + [ENSEMBLE]
     detect = [c for label in labels for c in _vs(results, label, "LoRA", "AUROC own", "AUROC max-p")]
     calib = [c for label in labels if label != "LoRA + post-hoc TS"
