@@ -19,8 +19,8 @@ from umema_jax.uncertainty.temperature import rescale_probs
 
 RESULTS = os.path.join(S.REPO_ROOT, "results", "cpu")
 RECORDS = sorted(glob.glob(os.path.join(RESULTS, S.LEDGER_DIR, "*.npz")))
-# The tables whose every cell is read from the ledger (fig7 also needs a benchmark record).
-LEDGER_TABLES = ("lr_select", "table3", "table5", "table7")
+# The committed outputs whose every cell is read from the ledger (runs, records and fig7's benchmark).
+LEDGER_TABLES = ("lr_select", "table3", "table5", "table7", "uncertainty", "fig7")
 
 
 def test_the_cpu_ledger_has_records():

@@ -294,7 +294,8 @@ def load_results(root: str, spec: RunSpec, ledger: str = "") -> dict | None:
 # --------------------------------------------------------------------------- the run ledger
 
 def ledger_path(ledger: str, spec: RunSpec) -> str:
-    return os.path.join(ledger, f"{spec.name}.json")
+    """`<ledger>/<run>.json` for training runs, `<ledger>/bench/<run>.json` for benchmarks (as run dirs)."""
+    return os.path.join(ledger, *(("bench",) if spec.kind == "bench" else ()), f"{spec.name}.json")
 
 
 def ledger_entry(ledger: str, spec: RunSpec) -> dict | None:
@@ -331,7 +332,7 @@ def _record_bench(root: str, ledger: str, spec: RunSpec) -> bool:
     if ledger_entry(ledger, spec) == entry:
         return False
     from umema_jax.train.outputs import write_json
-    os.makedirs(ledger, exist_ok=True)
+    os.makedirs(os.path.dirname(ledger_path(ledger, spec)), exist_ok=True)
     write_json(ledger_path(ledger, spec), entry)
     return True
 
