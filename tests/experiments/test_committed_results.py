@@ -83,7 +83,6 @@ def test_committed_tables_rerender_byte_identical_from_the_ledger(tmp_path):
 
 def test_committed_ledger_and_tables_name_no_path_outside_the_repository():
     """Runs trained under a --root outside the checkout are recorded with a repository-relative command."""
-    import glob
     for path in glob.glob(os.path.join(RESULTS, "**", "*.json"), recursive=True) + \
             glob.glob(os.path.join(RESULTS, "*.md")):
         with open(path, encoding="utf-8") as f:

@@ -76,6 +76,11 @@ def check_only(ctx: Context, names: list, only: dict) -> None:
                          f"(short names: {', '.join(f'{a}={k}' for a, k in ONLY_ALIASES.items())})")
 
 
+def target_specs(t, ctx: Context, cells: list) -> list:
+    """Every run a target reads: its cells' runs and those tied to no cell (fig7's benchmark)."""
+    return [s for c in cells for s in c.specs] + (t.extra_specs(ctx) if t.extra_specs else [])
+
+
 def collect(ctx: Context, names: list, only: dict | None = None) -> tuple[dict, dict]:
     """({key: (spec, [targets])} runnable now, {key: (spec, [targets])} waiting for the LR choice),
     restricted to the slice `only` (see `parse_only`)."""
@@ -83,8 +88,7 @@ def collect(ctx: Context, names: list, only: dict | None = None) -> tuple[dict, 
     for name in names:
         t = TARGETS[name]
         cells = t.cells(ctx)
-        specs = [s for c in cells for s in c.specs] + (t.extra_specs(ctx) if t.extra_specs else [])
-        for s in specs:
+        for s in target_specs(t, ctx, cells):
             jobs.setdefault(s.key, (s, []))[1].append(name)
         for c in cells:
             for s in c.placeholder:
@@ -168,8 +172,7 @@ def render(ctx: Context, names: list, log) -> list:
     for name in names:
         t = TARGETS[name]
         cells = t.cells(ctx)
-        extra = t.extra_specs(ctx) if t.extra_specs else []
-        recorded = sum(S.record(ctx.root, ctx.ledger, s) for s in [s for c in cells for s in c.specs] + extra)
+        recorded = sum(S.record(ctx.root, ctx.ledger, s) for s in target_specs(t, ctx, cells))
         if recorded:
             log(f"[experiments] run ledger: {recorded} finished run(s) recorded under {ctx.ledger}")
         results = [A.summarise(c, ctx.root, ctx.ledger, ctx.profile.published) for c in cells]

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from umema_jax.model import init_variables
 from umema_jax.train import sharding as shd
 from umema_jax.train.state import cast_tree, create_train_state
-from umema_jax.train.step import jit_eval_step, jit_train_step, make_eval_step, make_feature_step, make_train_step
+from umema_jax.train.step import (eval_samples, jit_eval_step, jit_train_step, make_eval_step, make_feature_step,
+                                  make_train_step)
 
 
 def model_config_view(config, task_type: str, num_labels: int):
@@ -108,4 +109,4 @@ def assemble_steps(setup: Setup, method, *, task_type: str, total_steps: int, gr
                                  shd.batch_sharding(mesh), shd.replicated(mesh))     # compiled only when called
     return Steps(tx=tx, schedule=schedule, state=state, state_sharding=state_sh, frozen=frozen,
                  frozen_sharding=frozen_sh, train_step=train_step, eval_step=eval_step, feature_step=feature_step,
-                 eval_samples=int(setup.model.eval_samples()) if hasattr(setup.model, "eval_samples") else 1)
+                 eval_samples=eval_samples(setup.model))

@@ -144,6 +144,11 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     return train_step
 
 
+def eval_samples(model) -> int:
+    """Forward passes the model's evaluation averages (> 1: a sampling head such as MC dropout)."""
+    return int(model.eval_samples()) if hasattr(model, "eval_samples") else 1
+
+
 def make_eval_step(model, task_type: str, method: Method | None = None, features: bool = False) -> Callable:
     """(state, frozen, batch) -> probabilities, summed NLL, target count, aux outputs. Never writes the bank.
 
@@ -153,7 +158,7 @@ def make_eval_step(model, task_type: str, method: Method | None = None, features
     final evaluation scores the run and feeds the calibrators from this one pass."""
     method = method or Method()
 
-    samples = 1 if features else int(model.eval_samples()) if hasattr(model, "eval_samples") else 1
+    samples = 1 if features else eval_samples(model)
 
     def eval_step(state: TrainState, frozen: dict, batch: dict):
         variables = method.model_variables(frozen, state.trainable, state.memory, state.extra)
