@@ -20,7 +20,7 @@ from umema_jax.uncertainty.temperature import rescale_probs
 RESULTS = os.path.join(S.REPO_ROOT, "results", "cpu")
 RECORDS = sorted(glob.glob(os.path.join(RESULTS, S.LEDGER_DIR, "*.npz")))
 # The committed outputs whose every cell is read from the ledger (runs, records and fig7's benchmark).
-LEDGER_TABLES = ("lr_select", "table3", "table5", "table7", "uncertainty", "fig7")
+LEDGER_TABLES = ("lr_select", "table3", "table5", "table7", "uncertainty", "fig6", "fig7")
 
 
 def test_the_cpu_ledger_has_records():
@@ -81,10 +81,22 @@ def test_committed_tables_rerender_byte_identical_from_the_ledger(tmp_path):
         assert (out / f"{name}.md").read_text(encoding="utf-8") == committed, name
 
 
+def _absolute_paths(node):
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [p for item in node for p in _absolute_paths(item)]
+    return [node] if isinstance(node, str) and os.path.isabs(node) else []
+
+
 def test_committed_ledger_and_tables_name_no_path_outside_the_repository():
-    """Runs trained under a --root outside the checkout are recorded with a repository-relative command."""
-    for path in glob.glob(os.path.join(RESULTS, "**", "*.json"), recursive=True) + \
-            glob.glob(os.path.join(RESULTS, "*.md")):
+    """Runs trained under a --root outside the checkout, on data outside it, are recorded with a
+    repository-relative command and `$UMEMA_DATA_DIR`: no committed result names a machine's path."""
+    results = os.path.join(S.REPO_ROOT, "results")
+    for path in glob.glob(os.path.join(results, "**", "*.json"), recursive=True) + \
+            glob.glob(os.path.join(results, "**", "*.md"), recursive=True):
         with open(path, encoding="utf-8") as f:
             text = f.read()
         assert "--workdir=/" not in text and "runs under `/" not in text, path
+        if path.endswith(".json"):
+            assert _absolute_paths(json.loads(text)) == [], path

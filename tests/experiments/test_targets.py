@@ -205,6 +205,23 @@ def test_claim_verdicts_use_paired_seeds_and_holm():
     assert A.combine([A.compare(res([]), res([0.1]))])[0] == A.NOT_COMPUTED
 
 
+def test_seeds_pair_only_on_one_matmul_path_and_tables_name_the_hosts():
+    def res(values, paths, cpu="cpu A"):
+        hosts = {s: A.Host(cpu, p, f"runs/{cpu}-{p}-{s}") for s, p in enumerate(paths)}
+        return A.CellResult(A.Cell({}, metric="test.accuracy"), dict(enumerate(values)), expected=len(values),
+                            hosts=hosts)
+    a, b = [0.50, 0.51, 0.52], [0.40, 0.41, 0.42]
+    same = A.compare(res(a, ["xla"] * 3), res(b, ["xla"] * 3, cpu="cpu B"))    # CPUs may differ within a pair
+    assert same["n_seeds"] == 3 and "unpaired" not in same["detail"]
+    mixed = A.compare(res(a, ["xla", "onednn", "xla"]), res(b, ["xla"] * 3))
+    assert mixed["n_seeds"] == 2 and "1 seed(s) left unpaired (different matmul paths)" in mixed["detail"]
+    assert A.compare(res(a, ["onednn"] * 3), res(b, ["xla"] * 3))["verdict"] == A.NOT_COMPUTED
+    derived = A.CellResult(A.Cell({}, metric="test.accuracy"), dict(enumerate(b)), expected=3)   # no hosts
+    assert A.compare(res(a, ["onednn"] * 3), derived)["n_seeds"] == 3
+    line = A.hosts_line([res(a, ["xla"] * 3), res(b, ["xla", "xla", "onednn"], cpu="cpu B")])
+    assert line == "3 on cpu A (xla matmul path); 1 on cpu B (onednn matmul path); 2 on cpu B (xla matmul path)"
+
+
 def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
     ctx = choose(tmp_path)
     accs = {"lora": [0.30, 0.31, 0.32, 0.29, 0.33], "lora+um": [0.33, 0.34, 0.35], "lora+ema": [0.31, 0.30, 0.32],
@@ -586,11 +603,16 @@ def test_the_run_ledger_keeps_finished_runs_when_their_directories_are_gone(tmp_
     ctx = choose(tmp_path)
     spec = _lora_seed0(ctx)
     write_run(ctx.root, spec, fake_results(spec, primary=0.6543))
+    config_path = os.path.join(S.workdir(ctx.root, spec), "config.json")
+    config = json.load(open(config_path))
+    config["data"]["data_dir"] = str(tmp_path / "data")                  # a data folder outside the checkout
+    json.dump(config, open(config_path, "w"))
     lines = []
     pipeline.render(ctx, ["table5"], log=lines.append)
     entry = json.load(open(S.ledger_path(ctx.ledger, spec)))
     assert entry["results"]["test"]["accuracy"] == 0.6543 and entry["config"]["model"]["method"] == "lora"
     assert entry["command"].endswith(f"--workdir=runs/{spec.name}")   # a root outside the checkout is not named
+    assert entry["config"]["data"]["data_dir"] == S.DATA_DIR_MARK       # nor the data folder
     assert str(tmp_path) not in json.dumps(entry)
     assert any("run ledger: 1 finished run(s) recorded" in line for line in lines)
     lines.clear()

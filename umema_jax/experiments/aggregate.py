@@ -10,12 +10,14 @@ paired bootstrap over test examples beside them from the per-example records.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import functools
 import inspect
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +53,7 @@ class CellResult:
     runs: list = dataclasses.field(default_factory=list)
     records: dict = dataclasses.field(default_factory=dict)   # seed -> per-example record path
     uncommitted: int = 0         # runs trained from a checkout with uncommitted changes
+    hosts: dict = dataclasses.field(default_factory=dict)   # seed -> Host (CPU, matmul path) the run recorded
 
     @property
     def numbers(self) -> list:
@@ -105,7 +108,8 @@ class CellResult:
                 "note": self.cell.note, "text": self.text(), "per_seed": {str(k): v for k, v in self.values.items()},
                 "mean": self.mean, "std": self.std, "n": self.n, "expected": self.expected,
                 "failed": self.failed, "runs": self.runs,
-                "records": {str(k): S.repo_relative(v) for k, v in self.records.items()}}
+                "records": {str(k): S.repo_relative(v) for k, v in self.records.items()},
+                "hosts": {str(k): {"cpu": h.cpu, "matmul_path": h.matmul_path} for k, h in self.hosts.items()}}
 
 
 def metric_key(path: str) -> str:
@@ -135,7 +139,7 @@ def get_metric(results: dict, path: str):
 def summarise(cell: Cell, root: str, ledger: str = "", mark_uncommitted: bool = True) -> CellResult:
     """The cell's runs read from their directories or the ledger; `mark_uncommitted`: count the runs trained
     from uncommitted code (shown in the cell's text; off for profiles that publish nothing)."""
-    values, failed, runs, records, uncommitted = {}, 0, [], {}, 0
+    values, failed, runs, records, uncommitted, hosts = {}, 0, [], {}, 0, {}
     for spec in cell.specs:
         runs.append(S.repo_relative(S.workdir(root, spec)))
         results = S.load_results(root, spec, ledger)
@@ -148,10 +152,33 @@ def summarise(cell: Cell, root: str, ledger: str = "", mark_uncommitted: bool = 
         if values[seed] is None and path:      # a metric added after the run: recomputed from its record
             values[seed] = record_metric(path, cell.metric, results.get("primary_metric", "primary"))
         uncommitted += mark_uncommitted and str(results.get("git_commit", "")).endswith("-dirty")
+        hosts[seed] = run_host(results, runs[-1])
         if path:
             records[seed] = path
     return CellResult(cell, values, expected=len(cell.specs), failed=failed, runs=runs, records=records,
-                      uncommitted=uncommitted)
+                      uncommitted=uncommitted, hosts=hosts)
+
+
+UNRECORDED = "not recorded"
+
+
+class Host(NamedTuple):
+    """Where a run's numerics came from besides its config: the host CPU and the matmul path it recorded."""
+    cpu: str
+    matmul_path: str
+    run: str
+
+
+def run_host(results: dict, run: str) -> Host:
+    numerics = results.get("numerics") or {}
+    return Host(str(numerics.get("cpu") or UNRECORDED), str(numerics.get("matmul_path") or UNRECORDED), run)
+
+
+def hosts_line(cells: list) -> str:
+    """'runs by host: 7 on <cpu> (xla matmul); 2 on ...': each run counted once over a target's cells."""
+    runs = {h.run: h for c in cells for h in getattr(c, "hosts", {}).values()}
+    counts = collections.Counter((h.cpu, h.matmul_path) for h in runs.values())
+    return "; ".join(f"{n} on {cpu} ({path} matmul path)" for (cpu, path), n in sorted(counts.items()))
 
 
 # --------------------------------------------------------------------------- claims
@@ -171,10 +198,13 @@ def compare(a: CellResult, b: CellResult, higher_is_better: bool = True) -> dict
         return {"verdict": NOT_COMPUTED, "detail": "missing", "p": None}
     sign = 1 if higher_is_better else -1
     m = a.cell.metric
-    seeds = sorted(s for s in a.values if a.values[s] is not None and b.values.get(s) is not None)
+    common = sorted(s for s in a.values if a.values[s] is not None and b.values.get(s) is not None)
+    # A pair trained on different matmul paths differs by numerics as well as by method: never paired.
+    seeds = [s for s in common if _same_path(a, b, s)]
     res = stats.paired_t([sign * (a.values[s] - b.values[s]) for s in seeds])
     if res.n == 0:
-        return {"verdict": NOT_COMPUTED, "detail": "no seed in common", "p": None}
+        why = "no seed in common" if not common else "no seed pair on one matmul path"
+        return {"verdict": NOT_COMPUTED, "detail": why, "p": None}
     if res.interval:
         detail = (f"{_signed(res.mean, m)} [{_signed(res.lo, m)}, {_signed(res.hi, m)}], p {res.p:.3f}, "
                   f"{res.n} paired seeds")
@@ -185,9 +215,18 @@ def compare(a: CellResult, b: CellResult, higher_is_better: bool = True) -> dict
         ci = bootstrap_cell_difference(a, b, s, sign)
         if ci is not None:
             boot.append({"seed": s, "diff": ci[0], "lo": ci[1], "hi": ci[2]})
+    if len(seeds) < len(common):
+        detail += f"; {len(common) - len(seeds)} seed(s) left unpaired (different matmul paths)"
     if boot:
         detail += "; boot " + ", ".join(f"s{x['seed']} [{_signed(x['lo'], m)}, {_signed(x['hi'], m)}]" for x in boot)
     return dict(comparison(res, detail), bootstrap=boot)
+
+
+def _same_path(a: CellResult, b: CellResult, seed) -> bool:
+    """False only when both runs recorded their matmul path and the paths differ (a cell derived from
+    several runs, e.g. an ensemble, has none)."""
+    paths = {c.hosts[seed].matmul_path for c in (a, b) if seed in c.hosts}
+    return len(paths - {UNRECORDED}) <= 1
 
 
 def comparison(res: "stats.PairedResult", detail: str) -> dict:
@@ -410,6 +449,9 @@ def write(out_dir: str, target: str, title: str, ctx, body: list, claims: list, 
     lr = ctx.lr_note()
     if lr:
         md += [f"- learning rates: {lr}"]
+    hosts = hosts_line(cells)
+    if hosts:
+        md += [f"- runs by host CPU: {hosts}; seeds are paired only on one matmul path"]
     # No commit or date in the table itself (the sidecar has both): a fresh clone re-renders it byte-identical.
     md += ["", f"Command: `{command}` · runs under `{S.repo_relative(ctx.root)}`", ""]
     write_text(os.path.join(out_dir, f"{target}.md"), "\n".join(md))

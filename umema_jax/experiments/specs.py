@@ -354,6 +354,7 @@ def record(root: str, ledger: str, spec: RunSpec) -> bool:
         shown = os.path.join("runs", spec.name)
     entry = {"run": spec.name, "command": spec.command(shown), "source": "run directory",
              **{key: _read_json(path) for key, path in paths.items()}}
+    entry["config"] = portable_config(entry["config"])
     record_src = os.path.join(wd, RECORD_FILE)
     record_dst = ledger_record_path(ledger, spec)
     copy_record = os.path.isfile(record_src) and not _same_file_bytes(record_src, record_dst)
@@ -366,6 +367,19 @@ def record(root: str, ledger: str, spec: RunSpec) -> bool:
         os.replace(record_dst + ".tmp", record_dst)
     write_json(ledger_path(ledger, spec), entry)
     return True
+
+
+DATA_DIR_MARK = "$UMEMA_DATA_DIR"
+
+
+def portable_config(config: dict) -> dict:
+    """A run's config as the ledger keeps it, free of this machine's paths: the data folder (which does not
+    decide results, `RESUME_SAFE_KEYS`) repository-relative, or `$UMEMA_DATA_DIR` when outside the checkout."""
+    data_dir = config.get("data", {}).get("data_dir", "")
+    if data_dir:
+        shown = repo_relative(data_dir)
+        config = {**config, "data": {**config["data"], "data_dir": DATA_DIR_MARK if os.path.isabs(shown) else shown}}
+    return config
 
 
 def _same_file_bytes(a: str, b: str) -> bool:
