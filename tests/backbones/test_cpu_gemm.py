@@ -252,6 +252,7 @@ def test_auto_measures_once_per_host_and_shape_class_and_keeps_xla_on_a_tie(tmp_
     """`auto` times both paths the first time a shape class is met, caches the choice, and prefers XLA
     (every published run's path) unless oneDNN is at least 5 % faster."""
     monkeypatch.setattr(cpu_gemm, "_cache_dir", lambda: str(tmp_path))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)                  # as a launch has it (the suite sets -O0)
     calls = []
 
     def fake(times):
@@ -266,6 +267,12 @@ def test_auto_measures_once_per_host_and_shape_class_and_keeps_xla_on_a_tie(tmp_
     assert cpu_gemm.measured_choice((64, 512)) == "onednn" and len(calls) == 2   # another shape class
     saved = json.load(open(tmp_path / "matmul_choice.json"))
     assert sorted(v["choice"] for v in saved.values()) == ["onednn", "xla"]
+    # other XLA flags (the suite's -O0) time XLA differently: measured apart, never read by a launch
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=1")
+    monkeypatch.setattr(cpu_gemm, "probe_times", fake({"xla": 0.5, "onednn": 1.0}))
+    assert cpu_gemm.measured_choice((64, 512)) == "xla" and len(calls) == 3
+    monkeypatch.delenv("XLA_FLAGS")
+    assert cpu_gemm.measured_choice((64, 512)) == "onednn" and len(calls) == 3
 
 
 @pytest.mark.skipif(not cpu_gemm.available(), reason="oneDNN extension not built here")

@@ -509,6 +509,29 @@ def test_estimates_count_aloras_scoring_and_the_cpu_profile_scores_to_first_orde
     assert ablation > 4 * lora                        # 8 rounds x 2 x 481 forward passes of 32 examples
 
 
+def test_estimates_are_rescaled_by_the_ledgers_runs_on_this_cpu_first(tmp_path, monkeypatch):
+    """A fresh machine has no run directories: the ledger's measured wall times rescale its estimates, and
+    runs recorded on this host's CPU model outrank those of other hosts."""
+    from umema_jax import runtime
+    from umema_jax.experiments import estimate as E
+    ctx = choose(tmp_path)
+    spec = _lora_seed0(ctx)
+    base = E.Estimator(ctx.profile, ctx.root, ctx.ledger).time_s(spec)
+    monkeypatch.setattr(runtime, "cpu_model", lambda: "this cpu")
+
+    def ledger_run(seed, cpu, factor):
+        s = S.RunSpec(spec.config_file, tuple((k, seed if k == "seed" else v) for k, v in spec.overrides))
+        entry = {"run": s.name, "config": S.load_config(s).to_dict(),
+                 "results": fake_results(s, wall_time_s=factor * base, numerics={"cpu": cpu})}
+        os.makedirs(ctx.ledger, exist_ok=True)
+        json.dump(entry, open(os.path.join(ctx.ledger, f"{s.name}.json"), "w"))
+    ledger_run(1, "other cpu", 3.0)
+    assert E.Estimator(ctx.profile, ctx.root, ctx.ledger).time_s(spec) == pytest.approx(3.0 * base)
+    assert E.Estimator(ctx.profile, ctx.root).time_s(spec) == pytest.approx(base)      # no ledger: analytic
+    ledger_run(2, "this cpu", 1.5)
+    assert E.Estimator(ctx.profile, ctx.root, ctx.ledger).time_s(spec) == pytest.approx(1.5 * base)
+
+
 def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):
     ctx = choose(tmp_path)
     for spec, _ in pipeline.collect(ctx, ["table5"])[0].values():

@@ -7,8 +7,9 @@ per-run overhead (start-up, loading, compiling). On CPU the FLOP/s come from
 the measurement in docs/EXPERIMENTS.md (SmolLM2-135M, ~5 s per step of 16
 SemEval sentences and ~2.5 min for the 2,717 test sentences on 2 cores),
 scaled by the core count; on a GPU, 30 % of the device's dense peak. Once runs
-of a backbone have finished under `--root`, their measured wall times rescale
-the estimates of the rest (median measured / estimated).
+of a backbone have finished (under `--root`, or in the run ledger), their
+measured wall times rescale the estimates of the rest (median measured /
+estimated, over the runs recorded on this host's CPU model when there are any).
 
 Memory: from shapes (`umema_jax.memory_estimate`: frozen backbone,
 trainable parameters, gradients, AdamW moments, bank — per device with the
@@ -132,42 +133,63 @@ def run_memory_gib(spec: S.RunSpec, setup) -> float | None:
 
 
 class Estimator:
-    """Per-run estimates, rescaled by what finished runs under `root` measured."""
+    """Per-run estimates, rescaled by what finished runs measured: those under `root`, and the run ledger's
+    (a fresh machine has no run directories). Runs recorded on this host's CPU model are preferred: the
+    machines vary between sessions, and a wall time also says how many runs shared the cores."""
 
-    def __init__(self, profile, root: str):
-        self.profile, self.root = profile, root
-        self._factor: dict = {}
+    _KEYS = ("model.name", "model.method", "data.name", "data.train_size", "data.max_len", "data.dev_size",
+             "data.test_size", "train.batch_size", "train.epochs", "model.frozen_param_dtype", "model.dtype",
+             "model.remat", "mesh.model", "train.trainable_regex")
+
+    def __init__(self, profile, root: str, ledger: str = ""):
+        from umema_jax.runtime import cpu_model
+        self.profile, self.root, self.ledger = profile, root, ledger
+        factors: dict = {}
         self._rss: dict = {}
+        here = cpu_model()
         for spec, res in self._finished():
             model = str(spec.get("model.name"))
             est = run_time_s(spec, profile.datasets.get(str(spec.get("data.name"))), profile.run_overhead_s)
             if res.get("wall_time_s") and est:
-                self._factor.setdefault(model, []).append(res["wall_time_s"] / est)
+                same_host = bool(here) and (res.get("numerics") or {}).get("cpu") == here
+                factors.setdefault(model, {}).setdefault(same_host, []).append(res["wall_time_s"] / est)
             rss = (res.get("memory") or {}).get("peak_rss_mb")
             if rss:
                 key = (model, spec.get("data.name"), spec.get("model.method"))
                 self._rss[key] = max(self._rss.get(key, 0.0), rss / 1024.0)
+        self._factor = {m: by_host.get(True) or by_host[False] for m, by_host in factors.items()}
 
     def _finished(self):
-        if not os.path.isdir(self.root):
-            return
+        """(spec of the cost-deciding keys, results) of every finished run: run directories first, then
+        the ledger entries of runs without one."""
         import json
-        for d in os.listdir(self.root):
-            cfg, res = os.path.join(self.root, d, "config.json"), os.path.join(self.root, d, S.RESULT_FILE)
-            if os.path.isfile(cfg) and os.path.isfile(res):
-                try:
-                    with open(cfg, encoding="utf-8") as f:
-                        config = json.load(f)
+        from umema_jax.train.checkpoint import flatten_config
+        found = []
+        if os.path.isdir(self.root):
+            for d in sorted(os.listdir(self.root)):
+                cfg, res = os.path.join(self.root, d, "config.json"), os.path.join(self.root, d, S.RESULT_FILE)
+                if os.path.isfile(cfg) and os.path.isfile(res):
+                    found.append((d, cfg, res))
+        seen = {d for d, _, _ in found}
+        if self.ledger and os.path.isdir(self.ledger):
+            for f in sorted(os.listdir(self.ledger)):
+                if f.endswith(".json") and f[:-5] not in seen:
+                    found.append((f[:-5], os.path.join(self.ledger, f), None))
+        for _, cfg, res in found:
+            try:
+                with open(cfg, encoding="utf-8") as f:
+                    config = json.load(f)
+                if res is None:                       # a ledger entry holds both
+                    config, results = config.get("config"), config.get("results")
+                else:
                     with open(res, encoding="utf-8") as f:
                         results = json.load(f)
-                except (OSError, ValueError):
-                    continue
-                from umema_jax.train.checkpoint import flatten_config
-                flat = flatten_config(config)
-                keys = ("model.name", "model.method", "data.name", "data.train_size", "data.max_len", "data.dev_size",
-                        "data.test_size", "train.batch_size", "train.epochs", "model.frozen_param_dtype",
-                        "model.dtype", "model.remat", "mesh.model", "train.trainable_regex")
-                yield S.RunSpec("", tuple(sorted((k, flat[k]) for k in keys if k in flat))), results
+            except (OSError, ValueError):
+                continue
+            if not isinstance(config, dict) or not isinstance(results, dict):
+                continue                              # a benchmark's entry, or not a run
+            flat = flatten_config(config)
+            yield S.RunSpec("", tuple(sorted((k, flat[k]) for k in self._KEYS if k in flat))), results
 
     def time_s(self, spec: S.RunSpec) -> float:
         setup = self.profile.datasets.get(str(spec.get("data.name")))

@@ -191,7 +191,7 @@ def render(ctx: Context, names: list, log) -> list:
 
 def plan(ctx: Context, names: list, log, only: dict | None = None) -> dict:
     """The dry run: every run with its status and estimated time and memory on this machine."""
-    est = Estimator(ctx.profile, ctx.root)
+    est = Estimator(ctx.profile, ctx.root, ctx.ledger)
     jobs, pending = collect(ctx, names, only)
     if pending and "lr_select" not in names:     # the LR choice comes first: list its runs too
         first = lr_jobs(ctx, families_waiting(ctx, names, only), only)
@@ -263,7 +263,7 @@ def run_targets(names, profile: str, root: str = "", out: str = "", *, isolation
     deadline = max_hours
     if not aggregate_only:
         refuse_uncommitted(prof, allow_dirty)
-        est = Estimator(prof, ctx.root)
+        est = Estimator(prof, ctx.root, ctx.ledger)
         waiting = families_waiting(ctx, names, only)
         if waiting:
             log(f"[experiments] learning rates not chosen yet ({', '.join(sorted(waiting))} family): "

@@ -195,6 +195,8 @@ def measured_choice(shape_class: tuple, dtype: str = "float32") -> str:
     (a few seconds, once; one line on stderr says what was measured)."""
     key = (f"{runtime.cpu_model() or 'unknown'} | jax {jax.__version__} | {shape_class[0]}x{shape_class[1]} | "
            f"{jnp.dtype(dtype).name}")
+    if os.environ.get("XLA_FLAGS", "").strip():     # XLA's timing depends on them (the suite compiles at -O0)
+        key += f" | XLA_FLAGS {os.environ['XLA_FLAGS'].strip()}"
     path = _choices_path()
     try:
         with open(path, encoding="utf-8") as fh:
