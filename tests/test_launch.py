@@ -233,6 +233,29 @@ def test_nonfinite_stop_keeps_the_checkpoint_it_names_and_that_checkpoint_knows_
     assert not (workdir / "config.json").exists() and not (workdir / "results.json").exists()
 
 
+def test_the_runners_own_outputs_do_not_make_a_checkout_dirty(tmp_path):
+    """The runner rewrites tables, the ledger and the README's generated blocks in its checkout when a run
+    ends; the next run launched from that checkout still names a clean commit. A code change does not."""
+    from umema_jax.train.outputs import RUNNER_OUTPUTS, git_commit
+    repo = tmp_path / "repo"
+    for rel in RUNNER_OUTPUTS + ("umema_jax/model.py",):
+        path = repo / rel / "table.md" if rel == "results" else repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("committed\n")
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
+                                    check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    head = git_commit(str(repo))
+    assert len(head) == 40
+    for rel in ("results/table.md", "README.md", "docs/RESULTS.md"):
+        (repo / rel).write_text("re-rendered\n")
+    assert git_commit(str(repo)) == head
+    (repo / "umema_jax" / "model.py").write_text("changed\n")
+    assert git_commit(str(repo)) == head + "-dirty"
+
+
 def test_results_record_the_commit_training_started_from_not_the_head_at_the_end(tmp_path, monkeypatch):
     """A run lasts hours; commits land meanwhile. Its results name the code it trained with."""
     sys.path.insert(0, REPO)

@@ -42,12 +42,19 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def git_commit() -> str:
-    """HEAD commit of the checkout, suffixed `-dirty` when tracked files changed; 'unknown' outside git."""
+# What the experiment runner itself rewrites in its checkout (tables, figures, the run ledger, the README's
+# and docs/RESULTS.md's generated blocks): changes there are outputs, not code, and mark no run `-dirty`.
+RUNNER_OUTPUTS = ("results", "README.md", "docs/RESULTS.md")
+
+
+def git_commit(repo: str = REPO_ROOT) -> str:
+    """HEAD commit of the checkout, suffixed `-dirty` when tracked files other than the runner's outputs
+    (`RUNNER_OUTPUTS`) changed; 'unknown' outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                               + [f":(exclude){p}" for p in RUNNER_OUTPUTS], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (head + ("-dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
