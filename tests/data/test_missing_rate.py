@@ -93,6 +93,4 @@ def test_a_rate_outside_0_1_is_refused_naming_the_key(rate):
 
 
 def test_rate_zero_changes_nothing():
-    from umema_jax.experiments import profiles as P
-    assert P.missing_data_supported()                     # fig 5's non-zero rates are runnable
     assert np.isclose(base_config().data.missing_rate, 0.0)

@@ -20,7 +20,7 @@ from umema_jax.uncertainty.temperature import rescale_probs
 RESULTS = os.path.join(S.REPO_ROOT, "results", "cpu")
 RECORDS = sorted(glob.glob(os.path.join(RESULTS, S.LEDGER_DIR, "*.npz")))
 # The committed outputs whose every cell is read from the ledger (runs, records and fig7's benchmark).
-LEDGER_TABLES = ("lr_select", "table3", "table5", "table7", "uncertainty", "fig6", "fig7")
+LEDGER_TABLES = ("lr_select", "table3", "table5", "table7", "uncertainty", "fig4", "fig5", "fig6", "fig7")
 
 
 def test_the_cpu_ledger_has_records():

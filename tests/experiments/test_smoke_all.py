@@ -93,10 +93,6 @@ def test_all_targets_of_the_smoke_profile(tmp_path):
             assert _row(md3, "tiny GPT-2 (random)", baseline).endswith("| not implemented |")
     md4 = open(os.path.join(out, "fig4.md")).read()
     assert "| PLONER | LoRA | n=16 | – (not in profile) | – (not in profile) |" in md4
-    if not P.missing_data_supported():
-        assert "| SemEval | LoRA | n=16 |" in open(os.path.join(out, "fig5.md")).read()
-        assert "not implemented" in _row(open(os.path.join(out, "fig5.md")).read(), "tiny GPT-2 (random)", "SemEval",
-                                         "LoRA", "n=16")
 
     # a second invocation finds everything done; a result lost from its run directory is still in the run
     # ledger (results/<profile>/runs/), and lost from both it reads as missing in the rebuilt table

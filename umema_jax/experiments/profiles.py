@@ -86,12 +86,6 @@ def method_name(row: Row, implemented=None) -> str | None:
     return row.method if row.method in implemented else None
 
 
-def missing_data_supported() -> bool:
-    """Fig 5 needs a `data.missing_rate` config key (the data layer has the corruption already)."""
-    from umema_jax.defaults import base_config
-    return "missing_rate" in base_config().data
-
-
 # --------------------------------------------------------------------------- profiles
 
 @dataclasses.dataclass(frozen=True)
