@@ -175,8 +175,8 @@ def run_host(results: dict, run: str) -> Host:
 
 
 def hosts_line(cells: list) -> str:
-    """'runs by host: 7 on <cpu> (xla matmul); 2 on ...': each run counted once over a target's cells."""
-    runs = {h.run: h for c in cells for h in getattr(c, "hosts", {}).values()}
+    """'7 on <cpu> (xla matmul path); 2 on ...': each run counted once over a target's cells."""
+    runs = {h.run: h for c in cells for h in c.hosts.values()}
     counts = collections.Counter((h.cpu, h.matmul_path) for h in runs.values())
     return "; ".join(f"{n} on {cpu} ({path} matmul path)" for (cpu, path), n in sorted(counts.items()))
 
