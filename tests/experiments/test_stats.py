@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import stats
 from umema_jax.metrics import records
 
@@ -32,9 +32,9 @@ def _claim(diffs_per_cell):
     comps = []
     for d in diffs_per_cell:
         r = stats.paired_t(d)
-        comps.append({"verdict": A.CANNOT_TELL, "detail": "", "effect": r.mean, "ci": [r.lo, r.hi], "p": r.p,
+        comps.append({"verdict": V.CANNOT_TELL, "detail": "", "effect": r.mean, "ci": [r.lo, r.hi], "p": r.p,
                       "n_seeds": r.n})
-    return A.combine(comps)[0]
+    return V.combine(comps)[0]
 
 
 @pytest.mark.parametrize("cells", [1, 4])
@@ -43,7 +43,7 @@ def test_no_effect_gives_cannot_tell_at_least_95_percent(cells):
     rng = np.random.default_rng(0)
     draws = 4000
     verdicts = [_claim([rng.normal(0.0, rng.uniform(0.2, 3.0), 3) for _ in range(cells)]) for _ in range(draws)]
-    rate = verdicts.count(A.CANNOT_TELL) / draws
+    rate = verdicts.count(V.CANNOT_TELL) / draws
     # alpha = 0.05 is exact for one cell (the rate is 95 % up to binomial noise: 3 SE = 1.0 point); Holm
     # across four cells keeps the family-wise error below it.
     assert rate >= 0.95 - 3 * math.sqrt(0.05 * 0.95 / draws)
@@ -66,10 +66,10 @@ def test_planted_effect_is_found_with_its_sign():
     rng = np.random.default_rng(2)
     better = [_claim([rng.normal(2.0, 1.0, 5)]) for _ in range(500)]
     worse = [_claim([rng.normal(-2.0, 1.0, 5)]) for _ in range(500)]
-    assert better.count(A.SUPPORTS) / 500 > 0.85 and A.CONTRADICTS not in better
-    assert worse.count(A.CONTRADICTS) / 500 > 0.85 and A.SUPPORTS not in worse
+    assert better.count(V.SUPPORTS) / 500 > 0.85 and V.CONTRADICTS not in better
+    assert worse.count(V.CONTRADICTS) / 500 > 0.85 and V.SUPPORTS not in worse
     # one seed never decides, however large the difference
-    assert _claim([[5.0]]) == A.CANNOT_TELL
+    assert _claim([[5.0]]) == V.CANNOT_TELL
 
 
 def _cls_record(correct: np.ndarray, seed: int) -> records.SplitRecord:

@@ -12,8 +12,11 @@ import shutil
 import pytest
 
 from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import pipeline, runner
 from umema_jax.experiments import profiles as P
+from umema_jax.experiments import ledger, run_claims
 from umema_jax.experiments import specs as S
 from umema_jax.experiments import targets as T
 from umema_jax.experiments.targets import LR_FILE, ORDER, TARGETS, Context
@@ -175,34 +178,34 @@ def test_claim_verdicts_use_paired_seeds_and_holm():
         return A.CellResult(A.Cell({}, metric=metric), dict(enumerate(values)), expected=len(values))
 
     def verdict(*pairs, mode="every", higher=True):
-        return A.combine([A.compare(a, b, higher) for a, b in pairs], mode)[0]
-    assert verdict((res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))) == A.SUPPORTS
-    assert verdict((res([0.40, 0.41, 0.42]), res([0.50, 0.51, 0.52]))) == A.CONTRADICTS
-    assert verdict((res([0.40, 0.50, 0.60]), res([0.45, 0.50, 0.55]))) == A.CANNOT_TELL
+        return V.combine([V.compare(a, b, higher) for a, b in pairs], mode)[0]
+    assert verdict((res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))) == V.SUPPORTS
+    assert verdict((res([0.40, 0.41, 0.42]), res([0.50, 0.51, 0.52]))) == V.CONTRADICTS
+    assert verdict((res([0.40, 0.50, 0.60]), res([0.45, 0.50, 0.55]))) == V.CANNOT_TELL
     # The seeds pair up: a steady 1-2 point gain is found although the seeds spread over 20 points, which
     # unpaired means would call noise (t = 5.0 on 2 df, p = 0.038) ...
-    assert verdict((res([0.52, 0.62, 0.72]), res([0.50, 0.60, 0.71]))) == A.SUPPORTS
+    assert verdict((res([0.52, 0.62, 0.72]), res([0.50, 0.60, 0.71]))) == V.SUPPORTS
     # ... and an unsteady one is not (d = 2, 2, -1 points: t = 0.76)
-    assert verdict((res([0.52, 0.62, 0.70]), res([0.50, 0.60, 0.71]))) == A.CANNOT_TELL
-    assert verdict((res([0.9]), res([0.1]))) == A.CANNOT_TELL                  # one seed: no interval
-    assert "1 seed" in A.compare(res([0.9]), res([0.1]))["detail"]
-    assert verdict((res([0.1, 0.1], "test.ece"), res([0.2, 0.2], "test.ece")), higher=False) == A.SUPPORTS
-    assert A.compare(res([]), res([0.1]))["verdict"] == A.NOT_COMPUTED
+    assert verdict((res([0.52, 0.62, 0.70]), res([0.50, 0.60, 0.71]))) == V.CANNOT_TELL
+    assert verdict((res([0.9]), res([0.1]))) == V.CANNOT_TELL                  # one seed: no interval
+    assert "1 seed" in V.compare(res([0.9]), res([0.1]))["detail"]
+    assert verdict((res([0.1, 0.1], "test.ece"), res([0.2, 0.2], "test.ece")), higher=False) == V.SUPPORTS
+    assert V.compare(res([]), res([0.1]))["verdict"] == V.NOT_COMPUTED
     # Holm: p = 0.02 alone supports; as one of three cells (the others null) it no longer does.
     d = [0.0462, 0.0505, 0.0566]                                             # mean 0.0511, p ~ 0.0016
-    assert verdict((res(d), res([0, 0, 0]))) == A.SUPPORTS
-    lone = A.compare(res([0.02, 0.02, 0.01]), res([0, 0, 0]))                # p = 0.038
+    assert verdict((res(d), res([0, 0, 0]))) == V.SUPPORTS
+    lone = V.compare(res([0.02, 0.02, 0.01]), res([0, 0, 0]))                # p = 0.038
     assert 0.03 < lone["p"] < 0.05
-    assert A.combine([dict(lone)])[0] == A.SUPPORTS
-    flat = A.compare(res([0.5, -0.5, 0.1]), res([0, 0, 0]))
-    assert A.combine([dict(lone), dict(flat), dict(flat)])[0] == A.CANNOT_TELL
+    assert V.combine([dict(lone)])[0] == V.SUPPORTS
+    flat = V.compare(res([0.5, -0.5, 0.1]), res([0, 0, 0]))
+    assert V.combine([dict(lone), dict(flat), dict(flat)])[0] == V.CANNOT_TELL
     comps = [dict(lone), dict(flat)]
-    A.combine(comps, "most")
-    assert comps[0]["p_holm"] == pytest.approx(2 * lone["p"]) and comps[0]["verdict"] == A.CANNOT_TELL
-    strong = A.compare(res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))
-    assert A.combine([dict(strong), dict(strong)])[0] == A.SUPPORTS
-    assert A.combine([dict(strong), A.compare(res([]), res([0.1]))])[0] == A.CANNOT_TELL   # "every" needs all
-    assert A.combine([A.compare(res([]), res([0.1]))])[0] == A.NOT_COMPUTED
+    V.combine(comps, "most")
+    assert comps[0]["p_holm"] == pytest.approx(2 * lone["p"]) and comps[0]["verdict"] == V.CANNOT_TELL
+    strong = V.compare(res([0.50, 0.51, 0.52]), res([0.40, 0.41, 0.42]))
+    assert V.combine([dict(strong), dict(strong)])[0] == V.SUPPORTS
+    assert V.combine([dict(strong), V.compare(res([]), res([0.1]))])[0] == V.CANNOT_TELL   # "every" needs all
+    assert V.combine([V.compare(res([]), res([0.1]))])[0] == V.NOT_COMPUTED
 
 
 def test_seeds_pair_only_on_one_matmul_path_and_tables_name_the_hosts():
@@ -211,13 +214,13 @@ def test_seeds_pair_only_on_one_matmul_path_and_tables_name_the_hosts():
         return A.CellResult(A.Cell({}, metric="test.accuracy"), dict(enumerate(values)), expected=len(values),
                             hosts=hosts)
     a, b = [0.50, 0.51, 0.52], [0.40, 0.41, 0.42]
-    same = A.compare(res(a, ["xla"] * 3), res(b, ["xla"] * 3, cpu="cpu B"))    # CPUs may differ within a pair
+    same = V.compare(res(a, ["xla"] * 3), res(b, ["xla"] * 3, cpu="cpu B"))    # CPUs may differ within a pair
     assert same["n_seeds"] == 3 and "unpaired" not in same["detail"]
-    mixed = A.compare(res(a, ["xla", "onednn", "xla"]), res(b, ["xla"] * 3))
+    mixed = V.compare(res(a, ["xla", "onednn", "xla"]), res(b, ["xla"] * 3))
     assert mixed["n_seeds"] == 2 and "1 seed(s) left unpaired (different matmul paths)" in mixed["detail"]
-    assert A.compare(res(a, ["onednn"] * 3), res(b, ["xla"] * 3))["verdict"] == A.NOT_COMPUTED
+    assert V.compare(res(a, ["onednn"] * 3), res(b, ["xla"] * 3))["verdict"] == V.NOT_COMPUTED
     derived = A.CellResult(A.Cell({}, metric="test.accuracy"), dict(enumerate(b)), expected=3)   # no hosts
-    assert A.compare(res(a, ["onednn"] * 3), derived)["n_seeds"] == 3
+    assert V.compare(res(a, ["onednn"] * 3), derived)["n_seeds"] == 3
     line = A.hosts_line([res(a, ["xla"] * 3), res(b, ["xla", "xla", "onednn"], cpu="cpu B")])
     assert line == "3 on cpu A (xla matmul path); 1 on cpu B (onednn matmul path); 2 on cpu B (xla matmul path)"
 
@@ -242,7 +245,7 @@ def test_tables_hold_the_runs_numbers_and_state_claims(tmp_path):
     assert side["command"] == "python -m umema_jax.experiments table5 --profile=cpu" and side["commit"]
     assert side["deviations"] == list(ctx.profile.deviations)
     claims = {c["id"]: c for c in side["claims"]}
-    assert claims["C8c"]["verdict"] == A.CANNOT_TELL          # Ours > +UM holds where computed, cells missing
+    assert claims["C8c"]["verdict"] == V.CANNOT_TELL          # Ours > +UM holds where computed, cells missing
     assert "3 support" in claims["C8c"]["detail"] or "1 support" in claims["C8c"]["detail"]
     t7 = (tmp_path / "out" / "table7.md").read_text()
     ts_row = "| LoRA + post-hoc TS | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) | 1.00 ± 0.00 | " \
@@ -297,13 +300,13 @@ def test_two_runners_on_one_root_train_each_run_once_and_take_over_stale_claims(
     # a runner killed with -9 left a claim behind on run 0: its pid no longer exists
     dead = S.workdir(ctx.root, specs[0])
     os.makedirs(dead)
-    with open(os.path.join(dead, S.CLAIM_FILE), "w") as f:
+    with open(os.path.join(dead, run_claims.CLAIM_FILE), "w") as f:
         json.dump({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}, f)
     trained, nested, inside = [], [], []
 
     def fake_run(spec, root, isolation="subprocess", env=None):
         trained.append(spec.key)
-        assert json.load(open(os.path.join(S.workdir(root, spec), S.CLAIM_FILE)))["pid"] == os.getpid()
+        assert json.load(open(os.path.join(S.workdir(root, spec), run_claims.CLAIM_FILE)))["pid"] == os.getpid()
         if not inside:    # while this run trains, a second runner works through the same list
             inside.append(True)
             nested.append(runner.execute(jobs, root, FixedEstimate(), log=lambda m: None))
@@ -312,18 +315,18 @@ def test_two_runners_on_one_root_train_each_run_once_and_take_over_stale_claims(
 
     monkeypatch.setattr(runner, "run_one", fake_run)
     # the nested runner is this same process: pretend it is another live one holding run 0
-    real_claim = S.claim
-    monkeypatch.setattr(S, "claim", lambda root, spec: {"pid": 1, "host": "other"} if inside and not nested and
+    real_claim = run_claims.claim
+    monkeypatch.setattr(run_claims, "claim", lambda root, spec: {"pid": 1, "host": "other"} if inside and not nested and
                         spec.key == trained[0] else real_claim(root, spec))
     first = runner.execute(jobs, ctx.root, FixedEstimate(), log=lambda m: None)
     assert trained[0] == specs[0].key                         # the stale claim was taken over
     assert sorted(trained) == sorted(s.key for s in specs)    # every run trained exactly once
     assert nested[0]["claimed_elsewhere"] == 1 and nested[0]["ran"] == 3
     assert first["ran"] == 1                                  # the rest were finished by the other runner
-    assert not any(os.path.exists(os.path.join(S.workdir(ctx.root, s), S.CLAIM_FILE)) for s in specs)
+    assert not any(os.path.exists(os.path.join(S.workdir(ctx.root, s), run_claims.CLAIM_FILE)) for s in specs)
     # a live claim from another process is respected
     live = S.workdir(ctx.root, specs[1])
-    with open(os.path.join(live, S.CLAIM_FILE), "w") as f:
+    with open(os.path.join(live, run_claims.CLAIM_FILE), "w") as f:
         json.dump({"pid": os.getppid(), "host": __import__("socket").gethostname()}, f)
     assert real_claim(ctx.root, specs[1])["pid"] == os.getppid()
 
@@ -368,7 +371,7 @@ def test_sigterm_to_a_background_runner_checkpoints_the_run_and_stops(tmp_path, 
     assert int((fake_repo / "started").read_text()) != os.getsid(0)          # own session: no terminal ^C
     spec = jobs[0][0]
     assert S.status(ctx.root, spec) != "failed"                              # resumable, not failed
-    assert not os.path.exists(os.path.join(S.workdir(ctx.root, spec), S.CLAIM_FILE))
+    assert not os.path.exists(os.path.join(S.workdir(ctx.root, spec), run_claims.CLAIM_FILE))
     assert not os.path.exists(S.workdir(ctx.root, jobs[1][0]))              # the runner stopped there
 
 
@@ -474,7 +477,7 @@ def test_fig7_reads_benchmark_step_times(tmp_path):
     assert "| SmolLM2-135M | LISA | not implemented |" in md
     side = json.loads((tmp_path / "out" / "fig7.json").read_text())
     c15 = {c["id"]: c for c in side["claims"]}["C15"]
-    assert c15["verdict"] == A.SUPPORTS and "+EMA / +UM step time x1.010" in c15["detail"]
+    assert c15["verdict"] == V.SUPPORTS and "+EMA / +UM step time x1.010" in c15["detail"]
     assert os.path.getsize(tmp_path / "out" / "fig7.png") > 0
     # +EMA within round noise of +UM (a 1 % median gap against 3 % swings that do not pair up): cannot tell
     records = [json.loads(line) for line in open(os.path.join(d, S.BENCH_FILE))]
@@ -484,7 +487,7 @@ def test_fig7_reads_benchmark_step_times(tmp_path):
         f.writelines(json.dumps(r) + "\n" for r in records)
     pipeline.render(ctx, ["fig7"], log=lambda m: None)
     side = json.loads((tmp_path / "out" / "fig7.json").read_text())
-    assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == A.CANNOT_TELL
+    assert {c["id"]: c["verdict"] for c in side["claims"]}["C15"] == V.CANNOT_TELL
 
     # the benchmark is in the run ledger: a clone without the run directory renders the same figure
     entry = json.load(open(S.ledger_path(ctx.ledger, bench)))
@@ -549,7 +552,7 @@ def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):
     table = (tmp_path / "out" / "table5.md").read_text()
     assert "65.43" in block and "stale" not in block and "Claims" in block and "SemEval n=1000" in block
     assert "(0/3 runs)" not in block and "left out here" in block          # the empty grid is compacted
-    compact = A.compact_tables(table.splitlines())
+    compact = tables.compact_tables(table.splitlines())
     assert all(line in compact for line in block.splitlines() if line.startswith("| "))   # the output's own rows
     assert "python -m umema_jax.experiments table5 --profile=cpu" in block and "out/table5.md" in block
     assert text.startswith(intro) and text.endswith(outro) and "not rendered yet" in text   # the rest untouched
@@ -574,14 +577,14 @@ def test_compact_tables_leave_out_what_has_no_value():
              "| M | Ours | – (0/3 runs) | – (0/3 runs) | – (0/3 runs) |",
              "| M | UM | 2.00 (1/3 seeds) |  | – (0/1 runs) |", "", "| backbone | method | x |", "|---|---|---|",
              "| M | LISA | – (0/1 runs) |", "outro"]
-    assert A.compact_tables(lines) == [
+    assert tables.compact_tables(lines) == [
         "intro", "| backbone | method | a |", "|---|---|---|", "| M | LoRA | 1.00 |", "| M | UM | 2.00 (1/3 seeds) |",
         "outro", "", "(Rows and columns with no computed value yet are left out here.)"]
     full = ["| backbone | method | a |", "|---|---|---|", "| M | LoRA | 1.00 |"]
-    assert A.compact_tables(full) == full                     # nothing to leave out: unchanged, no note
+    assert tables.compact_tables(full) == full                     # nothing to leave out: unchanged, no note
     with_lr = ["| backbone | method | lr | a |", "|---|---|---|---|", "| M | LoRA | 0.005 | 1.00 |",
                "| M | LISA | – | – (LR not chosen) |"]        # an LR label column is a row label, not a value
-    assert A.compact_tables(with_lr)[:3] == with_lr[:3] and len(A.compact_tables(with_lr)) == 5
+    assert tables.compact_tables(with_lr)[:3] == with_lr[:3] and len(tables.compact_tables(with_lr)) == 5
 
 
 def test_a_run_trained_under_other_defaults_is_stale_never_aggregated_nor_resumed(tmp_path, monkeypatch):
@@ -635,7 +638,7 @@ def test_the_run_ledger_keeps_finished_runs_when_their_directories_are_gone(tmp_
     entry = json.load(open(S.ledger_path(ctx.ledger, spec)))
     assert entry["results"]["test"]["accuracy"] == 0.6543 and entry["config"]["model"]["method"] == "lora"
     assert entry["command"].endswith(f"--workdir=runs/{spec.name}")   # a root outside the checkout is not named
-    assert entry["config"]["data"]["data_dir"] == S.DATA_DIR_MARK       # nor the data folder
+    assert entry["config"]["data"]["data_dir"] == ledger.DATA_DIR_MARK       # nor the data folder
     assert str(tmp_path) not in json.dumps(entry)
     assert any("run ledger: 1 finished run(s) recorded" in line for line in lines)
     lines.clear()

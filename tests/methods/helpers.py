@@ -33,6 +33,7 @@ def method_setup(name: str, model: str = "gpt2-tiny", total_steps: int = 10, bac
     if dtype != "float32":
         net = net.clone(dtype=jnp.dtype(dtype))
     variables = init_variables(net, jax.random.PRNGKey(0))
+    method.bind(net, dict(variables["params"]))
     trained, frozen = method.split(dict(variables["params"]))
     trainable = method.init_trainable({"lora": variables.get("lora", {}), "params": trained})
     tx, schedule = method.optimizer(total_steps)

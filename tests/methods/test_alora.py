@@ -49,6 +49,7 @@ def _built(method_name="alora"):
     backbone = get_backbone_config("gpt2-tiny").replace(vocab_size=64)
     model = method.make_model(model_config_view(config, "cls", LABELS), backbone)
     variables = init_variables(model, jax.random.PRNGKey(0))
+    method.bind(model, variables["params"])
     trained, frozen = method.split(variables["params"])
     key = jax.random.PRNGKey(7)
     leaves, tree = jax.tree_util.tree_flatten_with_path(variables["lora"])

@@ -44,6 +44,7 @@ def _flora(clients=1, ranks="", model="gpt2-tiny"):
     method = FLoRA(c)
     model = method.make_model(model_config_view(c, "cls", 3), get_backbone_config(c.model.name))
     variables = init_variables(model, jax.random.PRNGKey(0))
+    method.bind(model, variables["params"])
     trained, frozen = method.split(variables["params"])
     method.weights = np.full((clients,), 1.0 / clients, np.float32)
     return c, method, model, variables, trained, frozen

@@ -1,6 +1,7 @@
 """The method interface: registry ↔ config ↔ validation ↔ runner, and every new method end to end."""
 import json
 
+import jax
 import pytest
 
 from umema_jax.defaults import base_config
@@ -81,3 +82,33 @@ def test_full_ft_trains_end_to_end_on_the_smoke_config(tmp_path):
     assert results["params"]["frozen"] == 0 and results["params"]["lora"] == 0
     assert results["params"]["trainable"] == results["params"]["total"]
     assert saved["method_info"] == {"name": "full_ft", "family": "full_weight", "hp": {"param_dtype": "float32"}}
+
+
+# The hooks allowed to keep state on the method (train/method.py's table): the rest are pure.
+STATEFUL_HOOKS = ("make_model", "bind", "train_batches")
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_only_make_model_bind_and_train_batches_keep_state_on_the_method(name):
+    """Build and loop-start hooks other than the three documented ones leave the method's attributes as
+    they found them, so no hook depends on another having run as a side effect."""
+    from umema_jax.backbones.config import get_backbone_config
+    from umema_jax.model import init_variables
+    from umema_jax.train.assemble import model_config_view
+    from umema_jax.train.state import create_train_state
+    c = base_config()
+    c.model.name, c.model.method, c.model.init_from_scratch = "gpt2-tiny", name, True
+    method = methods.from_config(c)
+    model = method.make_model(model_config_view(c, "cls", 3), get_backbone_config("gpt2-tiny"))
+    variables = init_variables(model, jax.random.PRNGKey(0))
+    method.bind(model, dict(variables["params"]))
+    before = dict(vars(method))
+    trained, _ = method.split(dict(variables["params"]))
+    trainable = method.init_trainable({"lora": variables.get("lora", {}), "params": trained})
+    tx, _ = method.optimizer(10)
+    create_train_state(trainable, variables.get("memory", {}), tx, 0, method)   # init_opt_state, init_extra
+    method.count_trainable(trainable)
+    after = vars(method)
+    changed = sorted(k for k in set(before) | set(after) if k not in before or k not in after
+                     or after[k] is not before[k])
+    assert changed == []

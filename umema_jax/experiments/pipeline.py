@@ -7,6 +7,7 @@ import re
 
 from umema_jax.experiments import aggregate as A
 from umema_jax.experiments import profiles as P
+from umema_jax.experiments import ledger
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.estimate import Estimator, hms, machine
 from umema_jax.experiments.profiles import get_profile
@@ -172,7 +173,7 @@ def render(ctx: Context, names: list, log) -> list:
     for name in names:
         t = TARGETS[name]
         cells = t.cells(ctx)
-        recorded = sum(S.record(ctx.root, ctx.ledger, s) for s in target_specs(t, ctx, cells))
+        recorded = sum(ledger.record(ctx.root, ctx.ledger, s) for s in target_specs(t, ctx, cells))
         if recorded:
             log(f"[experiments] run ledger: {recorded} finished run(s) recorded under {ctx.ledger}")
         results = [A.summarise(c, ctx.root, ctx.ledger, ctx.profile.published) for c in cells]

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from umema_jax.experiments import run_claims
+from umema_jax.experiments.ledger import record as record_in_ledger
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.estimate import hms
 from umema_jax.experiments.profiles import REPO_ROOT
@@ -167,7 +169,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
     the runs finished in this session.
 
     Parallel: several invocations of the same command on one `root` (e.g. one per core, pinned with
-    `taskset -c i`) share the work: each claims a run before training it (`specs.claim`) and skips runs
+    `taskset -c i`) share the work: each claims a run before training it (`run_claims.claim`) and skips runs
     another live runner holds, so every run is trained once.
     """
     log = log or (lambda msg: print(msg, flush=True))
@@ -200,14 +202,14 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
                                   f"{hms(elapsed)}; re-run the same command to continue")
             log(f"[experiments] {summary['stopped']}")
             break
-        owner = S.claim(root, spec)
+        owner = run_claims.claim(root, spec)
         if owner is not None:
             summary["claimed_elsewhere"] += 1
             log(f"[experiments] skipped {spec.name}: another runner (pid {owner.get('pid')} on "
                 f"{owner.get('host')}) is training it")
             continue
         if S.finished(root, spec, ledger):  # finished by another runner between the check above and the claim
-            S.release(root, spec)
+            run_claims.release(root, spec)
             continue
         ratio = spent_real / spent_est if spent_est else 1.0
         remaining = sum(est[s.key] for s, _, _ in todo[i:]) * ratio
@@ -225,7 +227,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
             log(f"[experiments] {stop}; re-run the same command to resume")
             break
         finally:
-            S.release(root, spec)
+            run_claims.release(root, spec)
         dt = time.monotonic() - t0
         if rc == EXIT_INTERRUPTED:        # the run alone got the signal (e.g. `kill -INT` of launch.py): stop too
             summary["stopped"] = f"{spec.name} interrupted after {hms(dt)}; it checkpointed"
@@ -235,7 +237,7 @@ def _execute(jobs: list, root: str, estimator, *, isolation: str = "subprocess",
         spent_real += dt
         summary["ran"] += 1
         if rc == 0:
-            S.record(root, ledger, spec)
+            record_in_ledger(root, ledger, spec)
             log(f"[experiments]   done in {hms(dt)}")
         else:
             summary["failed"].append({"run": spec.name, "rc": rc, "message": msg})

@@ -15,8 +15,8 @@ Run directories hold checkpoints and live on one machine; what the tables read
 from a finished run (its `config.json` and `results.json`) is also kept in the
 *run ledger*, one small JSON file per run under `<out>/runs/` (committed with
 the tables), so a fresh clone regenerates every table without the run
-directories, and a lost machine loses no published number (`record`,
-`ledger_entry`).
+directories, and a lost machine loses no published number (`ledger_entry`;
+written by `ledger.record`).
 """
 from __future__ import annotations
 
@@ -25,9 +25,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import socket
 import re
-import shutil
 import sys
 
 from umema_jax.experiments.profiles import REPO_ROOT
@@ -212,68 +210,6 @@ def status(root: str, spec: RunSpec, ledger: str = "") -> str:
     return "partial" if started(root, spec) else "todo"
 
 
-# --------------------------------------------------------------------------- claims (several runners, one root)
-
-CLAIM_FILE = "claimed_by.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim(root: str, spec: RunSpec) -> dict | None:
-    """Claims `spec` for this process: None on success, else the live owner's record.
-
-    Several runner processes (one per core, GPU or machine sharing a file system) can work through the
-    same target: each claims a run before starting it, by creating the claim file exclusively (atomic on
-    POSIX), so two never train in one directory. A claim whose process is gone (kill -9, crash) on this
-    host is stale and taken over; the run then resumes from its checkpoint as usual.
-    """
-    wd = workdir(root, spec)
-    os.makedirs(wd, exist_ok=True)
-    path = os.path.join(wd, CLAIM_FILE)
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    owner = json.load(f)
-            except (OSError, ValueError):
-                owner = {}                 # half-written by a process that died mid-write: stale
-            if owner.get("pid") == me["pid"] and owner.get("host") == me["host"]:
-                return None
-            if owner.get("host") not in (None, me["host"]) or (owner.get("pid") and _alive(int(owner["pid"]))):
-                return owner
-            try:
-                os.remove(path)            # stale: its process is gone
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        return None
-    return {"pid": None, "host": None}     # lost the race for a stale claim to another runner
-
-
-def release(root: str, spec: RunSpec) -> None:
-    path = os.path.join(workdir(root, spec), CLAIM_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            owner = json.load(f)
-    except (OSError, ValueError):
-        return
-    if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-        os.remove(path)
-
-
 def load_results(root: str, spec: RunSpec, ledger: str = "") -> dict | None:
     """A finished run's results: from its run directory, else from its ledger entry; None when unfinished
     or stale."""
@@ -321,72 +257,6 @@ def ledger_entry(ledger: str, spec: RunSpec) -> dict | None:
 def _bench_records(root: str, spec: RunSpec) -> list:
     with open(os.path.join(workdir(root, spec), BENCH_FILE), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _record_bench(root: str, ledger: str, spec: RunSpec) -> bool:
-    """A finished benchmark's per-method records (step times per round, host CPU) into the ledger."""
-    if not finished(root, spec):
-        return False
-    entry = {"run": spec.name, "command": spec.command(""), "source": "benchmark",
-             "records": _bench_records(root, spec)}
-    if ledger_entry(ledger, spec) == entry:
-        return False
-    from umema_jax.train.outputs import write_json
-    os.makedirs(os.path.dirname(ledger_path(ledger, spec)), exist_ok=True)
-    write_json(ledger_path(ledger, spec), entry)
-    return True
-
-
-def record(root: str, ledger: str, spec: RunSpec) -> bool:
-    """Copies a finished, non-stale run's `config.json` and `results.json` into the ledger (atomic write;
-    rewritten only when they changed); a benchmark's records likewise. Returns whether the entry was
-    written."""
-    if ledger and spec.kind == "bench":
-        return _record_bench(root, ledger, spec)
-    if not ledger or spec.kind != "train" or stale_keys(root, spec, ledger):
-        return False
-    wd = workdir(root, spec)
-    paths = {"config": os.path.join(wd, "config.json"), "results": os.path.join(wd, RESULT_FILE)}
-    if not all(os.path.isfile(p) for p in paths.values()):
-        return False
-    shown = repo_relative(wd)
-    if os.path.isabs(shown):           # a root outside the checkout is this machine's business, not the ledger's
-        shown = os.path.join("runs", spec.name)
-    entry = {"run": spec.name, "command": spec.command(shown), "source": "run directory",
-             **{key: _read_json(path) for key, path in paths.items()}}
-    entry["config"] = portable_config(entry["config"])
-    record_src = os.path.join(wd, RECORD_FILE)
-    record_dst = ledger_record_path(ledger, spec)
-    copy_record = os.path.isfile(record_src) and not _same_file_bytes(record_src, record_dst)
-    if ledger_entry(ledger, spec) == entry and not copy_record:
-        return False
-    from umema_jax.train.outputs import write_json
-    os.makedirs(ledger, exist_ok=True)
-    if copy_record:                    # the record first: an entry never points at a missing record
-        shutil.copyfile(record_src, record_dst + ".tmp")
-        os.replace(record_dst + ".tmp", record_dst)
-    write_json(ledger_path(ledger, spec), entry)
-    return True
-
-
-DATA_DIR_MARK = "$UMEMA_DATA_DIR"
-
-
-def portable_config(config: dict) -> dict:
-    """A run's config as the ledger keeps it, free of this machine's paths: the data folder (which does not
-    decide results, `RESUME_SAFE_KEYS`) repository-relative, or `$UMEMA_DATA_DIR` when outside the checkout."""
-    data_dir = config.get("data", {}).get("data_dir", "")
-    if data_dir:
-        shown = repo_relative(data_dir)
-        config = {**config, "data": {**config["data"], "data_dir": DATA_DIR_MARK if os.path.isabs(shown) else shown}}
-    return config
-
-
-def _same_file_bytes(a: str, b: str) -> bool:
-    if not os.path.isfile(b) or os.path.getsize(a) != os.path.getsize(b):
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        return fa.read() == fb.read()
 
 
 def ledger_record_path(ledger: str, spec: RunSpec) -> str:

@@ -196,7 +196,6 @@ class ALoRA(Method):
         lora = model.lora_cfg                  # factors sized r_cap, scale kept at alpha / r_init
         model = model.clone(lora_cfg=dataclasses.replace(lora, rank=self.rank_cap,
                                                          alpha=lora.scale * self.rank_cap))
-        self.model = model
         return model
 
     def count_trainable(self, trainable):

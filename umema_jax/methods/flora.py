@@ -103,14 +103,13 @@ class FLoRA(Method):
         self.lora_cfg, self.arch = model.lora_cfg, backbone_cfg.arch
         return model
 
-    def split(self, params):
+    def bind(self, model, params):
         """Also keeps the targeted kernels as loaded (fp32): the base the merged updates are added to."""
         from umema_jax.adapters.lora import _flatten, _unflatten, target_modules
-        trained, frozen = super().split(params)
+        super().bind(model, params)
         flat = _flatten(params["backbone"])
         self.base = _unflatten({m + ("kernel",): jnp.asarray(flat[m + ("kernel",)], jnp.float32)
                                 for m in target_modules(params["backbone"], self.lora_cfg, self.arch)})
-        return trained, frozen
 
     def train_batches(self, encoded, batch_size, seed, pad_multiple):
         from umema_jax.data.federated import ClientBatches
@@ -126,16 +125,15 @@ class FLoRA(Method):
         one the logged `learning_rate` reads."""
         from umema_jax.train.state import make_optimizer
         if getattr(self, "batches", None) is None:          # no data (bench, shape queries): one long client
-            self.tx, schedule = make_optimizer(self.config.optim, total_steps)
-            return self.tx, schedule
+            return make_optimizer(self.config.optim, total_steps)
         starts = self.batches.starts
-        self.tx, local = make_optimizer(self.config.optim, int(np.max(np.diff(starts))))
+        tx, local = make_optimizer(self.config.optim, int(np.max(np.diff(starts))))
         spe, begin = int(starts[-1]), jnp.asarray(starts[:-1], jnp.int32)
 
         def schedule(step):
             k = jnp.asarray(step, jnp.int32) % spe
             return local(k - begin[jnp.searchsorted(begin, k, side="right") - 1])
-        return self.tx, schedule
+        return tx, schedule
 
     def init_extra(self, trainable):
         lora = trainable["lora"]["backbone"]
@@ -161,7 +159,8 @@ class FLoRA(Method):
         fresh = _lora_leaves(fresh, lambda name, x: x * (mask[:, None] if name == "lora_b" else mask))
         trainable = dict(state.trainable, lora={"backbone": fresh},
                          params=dict(state.trainable["params"], head=state.extra["global_head"]))
-        return state.replace(trainable=trainable, opt_state=self.tx.init(trainable),
+        fresh_adam = jax.tree.map(jnp.zeros_like, state.opt_state)   # = tx.init: every initial leaf is 0
+        return state.replace(trainable=trainable, opt_state=fresh_adam,
                              extra=dict(state.extra, rank_mask=mask))
 
     def store_client(self, state, client):

@@ -129,8 +129,10 @@ class LISA(Method):
     def efficient(self) -> bool:
         return self.hp is None or self.hp.form == "efficient"
 
-    def split(self, params):
-        trained, frozen = super().split(params)
+    def bind(self, model, params):
+        """The block count, and (efficient form) the body that leaves the trained tree for `extra['body']`."""
+        super().bind(model, params)
+        trained, _ = super().split(params)
         layers = {x.shape[0] for p, x in jax.tree_util.tree_leaves_with_path({"params": trained}) if is_body(p)}
         if len(layers) != 1:
             raise ValueError(f"lisa: expected scanned blocks under backbone/{'|'.join(BLOCK_SCOPES)}, found {layers}")
@@ -138,10 +140,14 @@ class LISA(Method):
         if int(self.hp.gamma) > self.num_layers:
             raise ValueError(f"methods.lisa.gamma={self.hp.gamma}: more than the {self.num_layers} blocks of "
                              f"{self.config.model.name}")
+        if self.efficient:
+            self.scope = next(k for k in BLOCK_SCOPES if k in trained["backbone"])
+            self._body = {"backbone": {self.scope: trained["backbone"][self.scope]}}
+
+    def split(self, params):
+        trained, frozen = super().split(params)
         if self.efficient:                 # the blocks leave the trained tree for extra['body'] (init_extra)
-            backbone = dict(trained["backbone"])
-            self.scope = next(k for k in BLOCK_SCOPES if k in backbone)
-            self._body = {"backbone": {self.scope: backbone.pop(self.scope)}}
+            backbone = {k: v for k, v in trained["backbone"].items() if k != self.scope}
             trained = {**trained, "backbone": backbone}
         return trained, frozen
 

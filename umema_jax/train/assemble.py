@@ -1,4 +1,4 @@
-"""The one way to assemble a trainable setup: model → variables → split → cast → the method's trained
+"""The one way to assemble a trainable setup: model → variables → bind → split → cast → the method's trained
 tree → optimizer → state → shardings → the jitted train and eval steps.
 
 Training (`train/build.py` + `train/loop.py`), the benchmark (`umema_jax.bench`) and the memory
@@ -54,6 +54,7 @@ def build_setup(config, method, task_type: str, num_labels: int, backbone_cfg, w
         backbone = None if weights is None else jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), weights)
         variables = init_variables(model, key, backbone_params=backbone)
     params = dict(variables["params"])
+    method.bind(model, params)
     trained, frozen = method.split(params)
     dtype = jnp.dtype(frozen_dtype or config.model.frozen_param_dtype)
     if abstract:

@@ -12,6 +12,7 @@ hook and walks through adding a method.
 Hook        | when                  | default
 ------------|-----------------------|-----------------------------------------------
 make_model  | build, once           | `model.make_model` (+ LoRA iff `use_lora`)
+bind        | build, once           | keeps the model as `self.model`
 split       | build, once           | trained/frozen by `train.trainable_regex`
 init_trainable | build, once        | {'lora', 'params'} unchanged (SplitLoRA: per-client copies)
 train_batches | loop start          | `data.pipeline.TrainBatches` (SplitLoRA, FLoRA: clients' batches)
@@ -24,6 +25,14 @@ apply_gradients | every step (traced) | `tx.update` + `optax.apply_updates`
 step_metrics | every step (traced)  | {}
 controller  | loop start            | `Controller()`: host hooks that do nothing
 count_trainable | build, bench      | every trainable leaf's size
+
+The hooks run in the order of the table. State a method keeps on `self` is created in one of
+three places, never as a side effect of another hook: `make_model` (what it decides about the model
+from the config, e.g. SplitLoRA's cut), `bind` (what it reads off the initialised model and params,
+e.g. LISA's block count and the body it carries outside the trained tree) and `train_batches` (what
+it reads off the data, e.g. FLoRA's client shards, which its `optimizer` then uses). `split`,
+`init_trainable`, `init_extra` and the traced hooks are pure functions of their arguments and that
+state.
 
 Host-side hooks (`Controller`) run between jitted steps. They may replace the
 state (and `frozen`) with arrays of the same shapes and dtypes, so the train
@@ -121,6 +130,13 @@ class Method:
         from umema_jax.model import make_model
         return make_model(model_config_view, backbone_cfg, use_lora=self.use_lora, use_um=self.use_um,
                           use_ema=self.use_ema)
+
+    def bind(self, model, params: dict) -> None:
+        """Once, after `make_model` and initialisation (`params`: the model's whole `params` tree, arrays
+        or `jax.ShapeDtypeStruct`s), before `split`: the one build hook that keeps what later hooks read
+        off the model and its params on `self`. The default keeps the model, which the traced hooks of
+        methods that apply it themselves (ALoRA's scoring) use."""
+        self.model = model
 
     @property
     def trainable_regex(self) -> str:

@@ -1,7 +1,8 @@
 """Table 7: calibration (ECE, NLL, Brier) and error detection (AUROC) at the largest size."""
 from __future__ import annotations
 
-from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments.targets.core import (CLS, DATASET_LABEL, NER, doc_of, one_seed_note, pair_claim,
                                                 train_cell)
@@ -52,10 +53,10 @@ def table7_render(ctx, results):
     body = [f"Test calibration at n = {ctx.profile.sizes[-1]} (ECE in %, 15 equal-width bins, top-label; NER over "
             "the first sub-token of each word), mean ± std over seeds; the task's primary metric (accuracy or "
             "span F1, %) beside them.", ""]
-    body += A.pivot(cal, ("backbone", "method"), ("dataset", "metric"))
+    body += T.pivot(cal, ("backbone", "method"), ("dataset", "metric"))
     body += ["", "Error detection on test: AUROC (%) of telling misclassified from correct targets by each score "
              "(max-prob: 1 − max p; ū, u_ale, u_epi: the UM branch's uncertainties; 50 = chance).", ""]
-    body += A.pivot(auroc, ("backbone", "method"), ("dataset", "score"))
+    body += T.pivot(auroc, ("backbone", "method"), ("dataset", "score"))
     claims = []
     for cid, text, worse in (("C16", "Ours lower ECE, NLL and Brier than LoRA in every cell (paper §4.9)", "LoRA"),
                              ("extra", "(not a paper claim) Ours vs LoRA + post-hoc TS, same metrics",
@@ -63,7 +64,7 @@ def table7_render(ctx, results):
         comps = [x for mlabel, _ in CAL_METRICS
                  for x in pair_claim(cal, "", "", P.OURS.label, worse, higher=False,
                                       metric=mlabel)["comparisons"]]
-        v, d = A.combine(comps)
-        claims.append(A.claim(cid, text, v, d + one_seed_note(comps), comps))
-    A.write(ctx.out, "table7", "Table 7: calibration (ECE / NLL / Brier)", ctx, body, claims, results,
+        v, d = V.combine(comps)
+        claims.append(V.claim(cid, text, v, d + one_seed_note(comps), comps))
+    T.write(ctx.out, "table7", "Table 7: calibration (ECE / NLL / Brier)", ctx, body, claims, results,
             doc=doc_of(table7_cells))

@@ -2,7 +2,8 @@
 method's profile at the selection cell."""
 from __future__ import annotations
 
-from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments.targets.core import (CLS, DATASET_LABEL, NER, best_claim, by, doc_of, grid_cells, one,
                                                 train_cell, write_table)
@@ -48,7 +49,7 @@ def _method_profile_table(results) -> list:
             "after TS = temperature fitted on dev NLL), trainable parameters and the training run's own mean "
             "time per epoch (s; wall time of whatever machine ran it, not a benchmark). `n/a (no …)`: a run "
             "recovered from published outputs, which kept only the metrics the tables showed.", ""] \
-        + A.pivot(profile, ("backbone", "method", "lr"), ("metric",))
+        + T.pivot(profile, ("backbone", "method", "lr"), ("metric",))
 
 
 def table3_render(ctx, results):
@@ -81,9 +82,9 @@ def table4_render(ctx, results):
                     m[d] = ours.mean - max(others)
             if len(m) == 2:
                 margins.append(m["PLONER"] > m["WNUT17"])
-    verdict = A.NOT_COMPUTED if not margins else (A.CANNOT_TELL if ctx.profile.seeds[1:] == () else
-                                                  (A.SUPPORTS if all(margins) else A.CONTRADICTS))
-    claims.append(A.claim("C7b", "larger margin on PLONER than WNUT17 at 500/1000 (paper §4.3.2)", verdict,
+    verdict = V.NOT_COMPUTED if not margins else (V.CANNOT_TELL if ctx.profile.seeds[1:] == () else
+                                                  (V.SUPPORTS if all(margins) else V.CONTRADICTS))
+    claims.append(V.claim("C7b", "larger margin on PLONER than WNUT17 at 500/1000 (paper §4.3.2)", verdict,
                           f"PLONER margin larger in {sum(margins)}/{len(margins)} backbone × size cells"))
     write_table(ctx, results, "table4", "Table 4: NER vs baselines (span F1)", "Test span F1 (seqeval strict IOB2).",
            claims, doc_of(table4_cells))

@@ -7,6 +7,8 @@ import os
 from typing import Callable
 
 from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.aggregate import Cell
@@ -137,9 +139,9 @@ def best_claim(results, cid, text, ours_label, datasets, mode="every", higher=Tr
         for other in by(results, **key):
             if other is r or other.cell.status in (A.NOT_IMPLEMENTED, A.NOT_IN_PROFILE):
                 continue
-            comps.append({**key, "vs": other.cell.labels["method"], **A.compare(r, other, higher)})
-    verdict, detail = A.combine(comps, mode)
-    return A.claim(cid, text, verdict, detail + one_seed_note(comps), comps)
+            comps.append({**key, "vs": other.cell.labels["method"], **V.compare(r, other, higher)})
+    verdict, detail = V.combine(comps, mode)
+    return V.claim(cid, text, verdict, detail + one_seed_note(comps), comps)
 
 
 def one_seed_note(comps) -> str:
@@ -155,20 +157,20 @@ def pair_claim(results, cid, text, better, worse, mode="every", higher=True, met
         other = one(results, method=worse, **key)
         if other is None:
             continue
-        comps.append({**key, "better": better, "worse": worse, **A.compare(r, other, higher)})
-    verdict, detail = A.combine(comps, mode)
-    return A.claim(cid, text, verdict, detail + one_seed_note(comps), comps)
+        comps.append({**key, "better": better, "worse": worse, **V.compare(r, other, higher)})
+    verdict, detail = V.combine(comps, mode)
+    return V.claim(cid, text, verdict, detail + one_seed_note(comps), comps)
 
 
 def write_table(ctx, results, name, title, body_note, claims, doc, extra_body=(), all_cells=None):
-    body = [body_note, ""] + A.pivot(results, ("backbone", "method"), ("dataset", "size"))
+    body = [body_note, ""] + T.pivot(results, ("backbone", "method"), ("dataset", "size"))
     absent = [DATASET_LABEL[d] for d in (CLS + NER) if d not in ctx.profile.datasets]
     body += ["", "mean ± std over seeds (test, %); `– (k/N runs)` = not computed yet, `not implemented` = the "
              "method is not in the code yet."]
     if absent:
         body += [f"Datasets not in profile `{ctx.profile.name}`: {', '.join(absent)}."]
     body += list(extra_body)
-    A.write(ctx.out, name, title, ctx, body, claims, results if all_cells is None else all_cells, doc=doc)
+    T.write(ctx.out, name, title, ctx, body, claims, results if all_cells is None else all_cells, doc=doc)
 
 
 # Table 3's second part : every method at the LR-selection cell with its calibration and cost

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
 from umema_jax.experiments import stats
@@ -113,7 +114,7 @@ def fig7_render(ctx, results):
         body += ["", "No benchmark in this profile: time per epoch is each training run's own (epoch 1 includes "
                  "compilation), so the ordering is not a controlled comparison."]
     c15 = _cost_claim(ctx, points, rows, specs)
-    A.write(ctx.out, "fig7", "Figure 7: overhead", ctx, body, [c15], results, {"points": rows},
+    T.write(ctx.out, "fig7", "Figure 7: overhead", ctx, body, [c15], results, {"points": rows},
             doc=doc_of(fig7_cells))
 
 
@@ -132,16 +133,16 @@ def _cost_claim(ctx, points, rows, specs):
         for cheap, dear in zip(order, order[1:]):
             ta, tb = per_round[cheap], per_round[dear]
             if not ta or not tb:
-                comps.append({"backbone": b.label, "cheaper": cheap, "dearer": dear, "verdict": A.CANNOT_TELL,
+                comps.append({"backbone": b.label, "cheaper": cheap, "dearer": dear, "verdict": V.CANNOT_TELL,
                               "detail": "no per-round step times in the benchmark record", "p": None})
                 continue
             res = stats.paired_t([math.log(y / x) for x, y in zip(ta, tb)])
-            comps.append({"backbone": b.label, "cheaper": cheap, "dearer": dear, **A.comparison(
+            comps.append({"backbone": b.label, "cheaper": cheap, "dearer": dear, **V.comparison(
                 res, f"{dear} / {cheap} step time x{math.exp(res.mean):.3f} "
                      f"[{math.exp(res.lo):.3f}, {math.exp(res.hi):.3f}] over {res.n} rounds")})
     if not comps:
-        return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (paper §4.8)", A.NOT_COMPUTED,
+        return V.claim("C15", "cost LoRA < +UM < +EMA < Ours (paper §4.8)", V.NOT_COMPUTED,
                        "no benchmark of all four variants" if specs else "no benchmark in this profile")
-    verdict, detail = A.combine(comps)
-    return A.claim("C15", "cost LoRA < +UM < +EMA < Ours (paper §4.8)", verdict,
+    verdict, detail = V.combine(comps)
+    return V.claim("C15", "cost LoRA < +UM < +EMA < Ours (paper §4.8)", verdict,
                    detail + "; " + "; ".join(c["detail"] for c in comps), comps)

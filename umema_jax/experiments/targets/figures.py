@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments.targets.core import DATASET_LABEL, by, doc_of, one, pair_claim, size_label, train_cell
 
@@ -92,12 +94,12 @@ def _series_claims(results, cid_shape, shape_text, shape_fn, ctx):
             computed += 1
             ok.append(shape_fn(pts))
     if not computed:
-        verdict = A.NOT_COMPUTED
+        verdict = V.NOT_COMPUTED
     elif not all(ok):
-        verdict = A.CONTRADICTS if len(_figure_seeds(ctx)) > 1 else A.CANNOT_TELL
+        verdict = V.CONTRADICTS if len(_figure_seeds(ctx)) > 1 else V.CANNOT_TELL
     else:
-        verdict = A.SUPPORTS if computed == total and len(_figure_seeds(ctx)) > 1 else A.CANNOT_TELL
-    return A.claim(cid_shape, shape_text, verdict, f"shape holds on {sum(ok)} of {computed} complete lines "
+        verdict = V.SUPPORTS if computed == total and len(_figure_seeds(ctx)) > 1 else V.CANNOT_TELL
+    return V.claim(cid_shape, shape_text, verdict, f"shape holds on {sum(ok)} of {computed} complete lines "
                    f"({total} lines; {len(_figure_seeds(ctx))} seed(s) per point)")
 
 
@@ -111,16 +113,16 @@ def _size_claim(results, ctx, cid="C11"):
             key = {k: v for k, v in r.cell.labels.items() if k != "size"}
             other = one(results, size=smaller, **key)
             if other is not None:
-                comps.append({**key, "better": n, "worse": smaller, **A.compare(r, other)})
-    v, d = A.combine(comps)
+                comps.append({**key, "better": n, "worse": smaller, **V.compare(r, other)})
+    v, d = V.combine(comps)
     if not comps:
-        v, d = A.NOT_COMPUTED, f"profile `{ctx.profile.name}` draws sizes {list(ctx.profile.figure_sizes)} only"
-    return A.claim(cid, "1000 > 500 > 200 at every point (paper §4.5, §4.6)", v, d, comps)
+        v, d = V.NOT_COMPUTED, f"profile `{ctx.profile.name}` draws sizes {list(ctx.profile.figure_sizes)} only"
+    return V.claim(cid, "1000 > 500 > 200 at every point (paper §4.5, §4.6)", v, d, comps)
 
 
 def _backbone_claim(results, ctx, cid="C12"):
     if len(ctx.profile.backbones) < 2:
-        return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S", A.NOT_COMPUTED,
+        return V.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S", V.NOT_COMPUTED,
                        f"profile `{ctx.profile.name}` has one backbone")
     order = [b.label for b in ctx.profile.backbones]
     comps = []
@@ -131,14 +133,14 @@ def _backbone_claim(results, ctx, cid="C12"):
         key = {k: v for k, v in r.cell.labels.items() if k != "backbone"}
         other = one(results, backbone=prev, **key)
         if other is not None:
-            comps.append({**key, "better": r.cell.labels["backbone"], "worse": prev, **A.compare(r, other)})
-    v, d = A.combine(comps)
-    return A.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S (paper §4.5–4.7, §4.9)", v, d, comps)
+            comps.append({**key, "better": r.cell.labels["backbone"], "worse": prev, **V.compare(r, other)})
+    v, d = V.combine(comps)
+    return V.claim(cid, "LLaMA3-8B > GPT-2 M > GPT-2 S (paper §4.5–4.7, §4.9)", v, d, comps)
 
 
 def _figure_body(ctx, results, name, xname):
     body = [f"![{name}]({name}.png)", "", "Values (test primary metric, %):", ""]
-    body += A.pivot(results, ("backbone", "dataset", "method", "size"), ("x",), col_name=lambda ck: f"{xname} {ck[0]}")
+    body += T.pivot(results, ("backbone", "dataset", "method", "size"), ("x",), col_name=lambda ck: f"{xname} {ck[0]}")
     stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
     if stand_in:
         body += ["", f"Stand-ins in this profile: {', '.join(stand_in)} (labels keep the paper's panel names)."]
@@ -157,7 +159,7 @@ def fig4_render(ctx, results):
     claims = [_series_claims(results, "C10", "rises to a peak near 2e-4, falls at 5e-4 and 1e-3 (paper §4.5)", peak_shape,
                              ctx),
               _size_claim(results, ctx), _backbone_claim(results, ctx)]
-    A.write(ctx.out, "fig4", "Figure 4: learning-rate sensitivity", ctx, _figure_body(ctx, results, "fig4", "lr"),
+    T.write(ctx.out, "fig4", "Figure 4: learning-rate sensitivity", ctx, _figure_body(ctx, results, "fig4", "lr"),
             claims, results, doc=doc_of(fig4_cells))
 
 
@@ -180,11 +182,11 @@ def fig5_render(ctx, results):
         if len(per) == 2 and all(len(v) >= 2 for v in per.values()):
             drop = {d: (max(v)[1] - min(v)[1]) / (max(v)[0] - min(v)[0]) for d, v in per.items()}
             faster.append(drop.get("PLONER", 0) < drop.get("SemEval", 0))
-    claims.append(A.claim("C13b", "PLONER drops faster than SemEval (paper §4.6)",
-                          A.NOT_COMPUTED if not faster else A.CANNOT_TELL if len(_figure_seeds(ctx)) < 2 else
-                          A.SUPPORTS if all(faster) else A.CONTRADICTS,
+    claims.append(V.claim("C13b", "PLONER drops faster than SemEval (paper §4.6)",
+                          V.NOT_COMPUTED if not faster else V.CANNOT_TELL if len(_figure_seeds(ctx)) < 2 else
+                          V.SUPPORTS if all(faster) else V.CONTRADICTS,
                           f"PLONER slope steeper in {sum(faster)}/{len(faster)} lines"))
-    A.write(ctx.out, "fig5", "Figure 5: robustness to missing words", ctx, _figure_body(ctx, results, "fig5", "rate"),
+    T.write(ctx.out, "fig5", "Figure 5: robustness to missing words", ctx, _figure_body(ctx, results, "fig5", "rate"),
             claims, results, doc=doc_of(fig5_cells))
 
 
@@ -205,7 +207,7 @@ def fig6_cells(ctx):
 def _confidences(path: str):
     """(confidence, correct) over every scored test target (examples; NER: scored words) of a run's
     per-example record."""
-    test = A._load_record(path)["test"]
+    test = A.load_record(path)["test"]
     return test.probs.max(-1), test.probs.argmax(-1) == test.labels
 
 
@@ -250,7 +252,7 @@ def fig6_render(ctx, results):
     fig.tight_layout()
     fig.savefig(os.path.join(ctx.out, "fig6.png"), dpi=110)
     body = ["![fig6](fig6.png)", "", "Test ECE (%, 15 bins, top-label) of each curve:", ""]
-    body += A.pivot(results, ("backbone", "method"), ("dataset",))
+    body += T.pivot(results, ("backbone", "method"), ("dataset",))
     stand_in = [f"{DATASET_LABEL[k]} → {DATASET_LABEL[v]}" for k, v in ctx.profile.alias.items()]
     if stand_in:
         body += ["", f"Stand-ins in this profile: {', '.join(stand_in)}."]
@@ -264,9 +266,9 @@ def fig6_render(ctx, results):
         if lora is not None and lora.mean is not None and r.mean is not None:
             gaps.setdefault(r.cell.labels["backbone"], {})[r.cell.labels["dataset"]] = lora.mean - r.mean
     largest = [max(g, key=g.get) == "WNUT17" for g in gaps.values() if len(g) >= 2]
-    c14b = A.claim("C14b", "largest LoRA→+UM ECE gap on WNUT17 (paper §4.7)",
-                   A.NOT_COMPUTED if not largest else A.CANNOT_TELL,
+    c14b = V.claim("C14b", "largest LoRA→+UM ECE gap on WNUT17 (paper §4.7)",
+                   V.NOT_COMPUTED if not largest else V.CANNOT_TELL,
                    f"largest on WNUT17 for {sum(largest)}/{len(largest)} backbones (one seed per panel: no noise "
                    f"estimate)" if largest else "needs both panels")
-    A.write(ctx.out, "fig6", "Figure 6: reliability diagrams", ctx, body, [c14, c14b, _backbone_claim(results, ctx)],
+    T.write(ctx.out, "fig6", "Figure 6: reliability diagrams", ctx, body, [c14, c14b, _backbone_claim(results, ctx)],
             results, {"curves": curves}, doc=doc_of(fig6_cells))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.aggregate import Cell
@@ -69,7 +70,7 @@ def lr_tables(results: list) -> list:
         lr = lambda r: r.cell.labels["lr"] if isinstance(r.cell.labels["lr"], float) else float("inf")  # noqa: E731
         rs = sorted(by(results, family=fam), key=lr)      # '-' (not implemented) last
         if rs:
-            body += A.pivot(rs, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]:g}"
+            body += T.pivot(rs, ("backbone", "family", "method"), ("lr",), col_name=lambda ck: f"lr {ck[0]:g}"
                             if isinstance(ck[0], float) else f"lr {ck[0]}") + [""]
     return body
 
@@ -122,5 +123,5 @@ def lr_select_render(ctx: Context, results: list) -> None:
         for b, fam, lr, c in curves:
             body.append(f"| {b} | {fam} | {float(lr):g} | {' '.join(f'{100 * x:.1f}' for x in c)} | "
                         f"{1 + c.index(max(c))} of {len(c)} | {'yes' if converged(c) else 'no'} |")
-    A.write(ctx.out, "lr_select", "Learning-rate selection (docs/EXPERIMENTS.md)", ctx, body, [], results,
+    T.write(ctx.out, "lr_select", "Learning-rate selection (docs/EXPERIMENTS.md)", ctx, body, [], results,
             {"selection": selection}, doc=doc_of(lr_select_cells))

@@ -1,7 +1,8 @@
 """Tables 1 and 2: backbones and trainable parameters from shapes; the resolved setup of each profile."""
 from __future__ import annotations
 
-from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import specs as S
 from umema_jax.experiments.targets.core import DATASET_LABEL, Context, doc_of, train_spec
@@ -64,9 +65,9 @@ def table1_render(ctx: Context, results: list) -> None:
                            f"{100 * extra / c['counts']['frozen']:.3f} % of the backbone" if extra is not None else "")
         small = all(lora_counts.get(c["labels"]["backbone"]) and (c["counts"]["trainable"] - lora_counts[
             c["labels"]["backbone"]]["trainable"]) < 0.01 * c["counts"]["frozen"] for c in ours)
-        claims.append(A.claim("C17", "\"minimal\" parameter overhead (paper §5)", A.SUPPORTS if small else A.CONTRADICTS,
+        claims.append(V.claim("C17", "\"minimal\" parameter overhead (paper §5)", V.SUPPORTS if small else V.CONTRADICTS,
                               "; ".join(details) + " (threshold: < 1 % of the backbone's parameters)"))
-    A.write(ctx.out, "table1", "Table 1: backbones and methods (parameters from shapes)", ctx, body, claims, [],
+    T.write(ctx.out, "table1", "Table 1: backbones and methods (parameters from shapes)", ctx, body, claims, [],
             {"rows": cells}, doc=doc_of(table1_cells))
 
 
@@ -117,5 +118,5 @@ def table2_render(ctx: Context, results: list) -> None:
             else:
                 body.append(f"- {b.label}, {fam.replace('_', '-')} methods: "
                             f"{sel.get('status') or 'not chosen yet (run lr_select)'}")
-    A.write(ctx.out, "table2", "Table 2: resolved setup and learning-rate selection", ctx, body, [], results,
+    T.write(ctx.out, "table2", "Table 2: resolved setup and learning-rate selection", ctx, body, [], results,
             {"setups": setups}, doc=doc_of(table2_cells))

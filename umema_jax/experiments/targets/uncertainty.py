@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from umema_jax.experiments import aggregate as A
+from umema_jax.experiments import tables as T
+from umema_jax.experiments import verdicts as V
 from umema_jax.experiments import profiles as P
 from umema_jax.experiments import stats
 from umema_jax.experiments.targets.core import DATASET_LABEL, by, doc_of, one, one_seed_note, train_cell
@@ -66,7 +68,7 @@ def ensemble_results(results) -> list:
         for i, s in enumerate(seeds):
             window = [seeds[(i + j) % len(seeds)] for j in range(ENSEMBLE_SIZE)]
             if len(seeds) >= ENSEMBLE_SIZE and all(w in r.records for w in window):
-                values[s] = metrics_from_record(ensemble.combine([A._load_record(r.records[w]) for w in window]),
+                values[s] = metrics_from_record(ensemble.combine([A.load_record(r.records[w]) for w in window]),
                                                 "test")
         for mlabel, key_t in METRICS:
             metric = "test." + key_t.format(score="mutual_information", primary="{primary}")
@@ -87,7 +89,7 @@ def _vs(results, better: str, worse: str, metric: str, worse_metric: str | None 
         if b is None:
             continue
         comps.append({**key, "better": better, "worse": worse, "metric": metric,
-                      **A.compare(a, b, higher_is_better=metric not in LOWER_IS_BETTER)})
+                      **V.compare(a, b, higher_is_better=metric not in LOWER_IS_BETTER)})
     return comps
 
 
@@ -98,7 +100,7 @@ def uncertainty_render(ctx, results):
     for d in DATASETS:
         part = by(results, dataset=DATASET_LABEL[d])
         if part:
-            body += [f"**{DATASET_LABEL[d]}**", ""] + A.pivot(part, ("backbone", "method"), ("metric",)) + [""]
+            body += [f"**{DATASET_LABEL[d]}**", ""] + T.pivot(part, ("backbone", "method"), ("metric",)) + [""]
     body += ["Forward passes per test example: " + ", ".join(f"{label} {k}" for label, _, _, _, k in ROWS)
              + f", {ENSEMBLE} {ENSEMBLE_SIZE}. The calibrators read the final evaluation's dev and test pass "
              "(runs before the one-pass evaluation made a second one); Laplace adds one over train; MC dropout "
@@ -114,7 +116,7 @@ def uncertainty_render(ctx, results):
         if res.n:
             detail = (f"ū AUROC − 50: {100 * res.mean:+.2f} [{100 * res.lo:+.2f}, {100 * res.hi:+.2f}], "
                       f"{res.n} seeds" if res.interval else f"1 seed: {100 * res.mean:+.2f}")
-            chance.append({**dataclasses.asdict(r.cell)["labels"], **A.comparison(res, detail)})
+            chance.append({**dataclasses.asdict(r.cell)["labels"], **V.comparison(res, detail)})
     claims = []
     for cid, text, comps, some in (
             ("U1", "some score detects errors better than LoRA's max-probability (own-score AUROC vs LoRA "
@@ -122,17 +124,17 @@ def uncertainty_render(ctx, results):
             ("U2", "some method is better calibrated than LoRA + post-hoc TS (both ECE and NLL)", calib, True),
             ("U3", "no row loses accuracy against LoRA", accuracy, False),
             ("U4", "UM's own ū detects errors above chance (AUROC > 50 %)", chance, False)):
-        verdict, detail = A.combine(comps, mode="every")
+        verdict, detail = V.combine(comps, mode="every")
         if some:     # "some row": a (row, dataset) whose comparisons are all computed and all supported
             groups = {}
             for c in comps:
                 groups.setdefault(f"{c['better']} ({c['dataset']})", []).append(c["verdict"])
-            won = sorted(g for g, vs in groups.items() if all(v == A.SUPPORTS for v in vs))
-            computed = [v for vs in groups.values() for v in vs if v != A.NOT_COMPUTED]
-            lost = computed and all(v == A.CONTRADICTS for v in computed)
-            verdict = A.SUPPORTS if won else A.CONTRADICTS if lost else \
-                A.NOT_COMPUTED if not computed else A.CANNOT_TELL
+            won = sorted(g for g, vs in groups.items() if all(v == V.SUPPORTS for v in vs))
+            computed = [v for vs in groups.values() for v in vs if v != V.NOT_COMPUTED]
+            lost = computed and all(v == V.CONTRADICTS for v in computed)
+            verdict = V.SUPPORTS if won else V.CONTRADICTS if lost else \
+                V.NOT_COMPUTED if not computed else V.CANNOT_TELL
             detail += f"; supported for: {', '.join(won) or 'none'}"
-        claims.append(A.claim(cid, text, verdict, detail + one_seed_note(comps), comps))
-    A.write(ctx.out, "uncertainty", "Uncertainty heads and calibrators", ctx, body, claims, results,
+        claims.append(V.claim(cid, text, verdict, detail + one_seed_note(comps), comps))
+    T.write(ctx.out, "uncertainty", "Uncertainty heads and calibrators", ctx, body, claims, results,
             doc=doc_of(uncertainty_cells))
