@@ -679,3 +679,25 @@ def test_a_finished_run_is_recorded_by_the_runner_as_soon_as_it_ends(tmp_path, m
 
     runner.execute([(spec, ["table5"])], ctx.root, FixedEstimate(), log=lambda m: None, ledger=ctx.ledger)
     assert S.ledger_entry(ctx.ledger, spec)["results"]["test"]["accuracy"] == 0.61
+
+
+def test_curve_shape_claims_compare_points_paired_over_seeds():
+    """fig4's C10 and fig5's C13: each (better, worse) pair of points on a line is compared by the
+    project's rule (paired over seeds, Holm across the comparisons); a line with a missing point can
+    refute but never support."""
+    from umema_jax.experiments.targets import figures
+
+    def point(x, values):
+        labels = {"dataset": "SemEval", "backbone": "B", "method": "LoRA", "size": "n=200", "x": x}
+        return A.CellResult(A.Cell(labels, metric="test.accuracy"), dict(enumerate(values)), expected=3)
+
+    def claim(points):
+        return figures._ordered_claim(points, "C", "falls", lambda xs, b: list(zip(xs, xs[1:])))
+
+    high, mid, low = [0.60, 0.62, 0.61], [0.50, 0.51, 0.53], [0.40, 0.43, 0.41]
+    assert claim([point(0.0, high), point(0.1, mid), point(0.2, low)])["verdict"] == V.SUPPORTS
+    assert claim([point(0.0, low), point(0.1, mid), point(0.2, high)])["verdict"] == V.CONTRADICTS
+    gap = claim([point(0.0, high), point(0.1, []), point(0.2, low)])
+    assert gap["verdict"] == V.CANNOT_TELL and "1/3" not in gap["detail"] and "2/3" in gap["detail"]
+    assert [(c["better"], c["worse"]) for c in gap["comparisons"]] == [(0.0, 0.2)]
+    assert claim([point(0.0, high)])["verdict"] == V.NOT_COMPUTED
