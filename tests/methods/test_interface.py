@@ -84,10 +84,6 @@ def test_full_ft_trains_end_to_end_on_the_smoke_config(tmp_path):
     assert saved["method_info"] == {"name": "full_ft", "family": "full_weight", "hp": {"param_dtype": "float32"}}
 
 
-# The hooks allowed to keep state on the method (train/method.py's table): the rest are pure.
-STATEFUL_HOOKS = ("make_model", "bind", "train_batches")
-
-
 @pytest.mark.parametrize("name", methods.names())
 def test_only_make_model_bind_and_train_batches_keep_state_on_the_method(name):
     """Build and loop-start hooks other than the three documented ones leave the method's attributes as

@@ -182,7 +182,7 @@ def fig4_render(ctx, results):
 
 def fig5_render(ctx, results):
     def each_rate_worse(xs, backbone):
-        return [(a, b) for a, b in zip(xs, xs[1:])] if len(xs) > 1 else None
+        return list(zip(xs, xs[1:]))
     os.makedirs(ctx.out, exist_ok=True)
     _curves_png(ctx, results, "fig5", "missing rate", False)
     claims = [_ordered_claim(results, "C13", "monotone decrease with missing rate (paper §4.6)", each_rate_worse),
