@@ -701,3 +701,30 @@ def test_curve_shape_claims_compare_points_paired_over_seeds():
     assert gap["verdict"] == V.CANNOT_TELL and "1/3" not in gap["detail"] and "2/3" in gap["detail"]
     assert [(c["better"], c["worse"]) for c in gap["comparisons"]] == [(0.0, 0.2)]
     assert claim([point(0.0, high)])["verdict"] == V.NOT_COMPUTED
+
+
+def test_steeper_drop_claim_pairs_per_seed_slopes_over_seeds():
+    """fig5's C13b: the per-seed slope on PLONER minus that on SemEval, paired over seeds, by the rule;
+    a dataset with a missing point can refute but never support."""
+    from umema_jax.experiments.targets import figures
+
+    def point(dataset, x, values):
+        labels = {"dataset": dataset, "backbone": "B", "method": "LoRA", "size": "n=200", "x": x}
+        return A.CellResult(A.Cell(labels, metric="test.accuracy"), dict(enumerate(values)), expected=3)
+
+    clean, gentle, steep = [0.60, 0.62, 0.61], [0.58, 0.59, 0.59], [0.30, 0.35, 0.31]
+
+    def claim(ploner_end, semeval_end, extra=()):
+        pts = [point("PLONER", 0.0, clean), point("PLONER", 0.5, ploner_end),
+               point("SemEval", 0.0, clean), point("SemEval", 0.5, semeval_end), *extra]
+        return figures._steeper_claim(pts, "PLONER", "SemEval")
+
+    assert claim(steep, gentle)["verdict"] == V.SUPPORTS
+    assert claim(gentle, steep)["verdict"] == V.CONTRADICTS
+    gap = claim(steep, gentle, extra=[point("PLONER", 0.3, [])])
+    assert gap["verdict"] == V.CANNOT_TELL and "still missing" in gap["detail"]
+    one_seed = figures._steeper_claim([point("PLONER", 0.0, [0.6]), point("PLONER", 0.5, [0.3]),
+                                        point("SemEval", 0.0, [0.6]), point("SemEval", 0.5, [0.5])],
+                                       "PLONER", "SemEval")
+    assert one_seed["verdict"] == V.CANNOT_TELL and "1 seed" in one_seed["detail"]
+    assert figures._steeper_claim([point("SemEval", 0.0, clean)], "PLONER", "SemEval")["verdict"] == V.NOT_COMPUTED
