@@ -162,7 +162,6 @@ class Estimator:
     def _finished(self):
         """(spec of the cost-deciding keys, results) of every finished run: run directories first, then
         the ledger entries of runs without one."""
-        import json
         from umema_jax.train.checkpoint import flatten_config
         found = []
         if os.path.isdir(self.root):
@@ -177,15 +176,13 @@ class Estimator:
                     found.append((f[:-5], os.path.join(self.ledger, f), None))
         for _, cfg, res in found:
             try:
-                with open(cfg, encoding="utf-8") as f:
-                    config = json.load(f)
+                config = S.read_json(cfg)
                 if res is None:                       # a ledger entry holds both
                     config, results = config.get("config"), config.get("results")
                 else:
-                    with open(res, encoding="utf-8") as f:
-                        results = json.load(f)
-            except (OSError, ValueError):
-                continue
+                    results = S.read_json(res)
+            except (OSError, ValueError, AttributeError):
+                continue                              # unreadable: the estimate simply does without it
             if not isinstance(config, dict) or not isinstance(results, dict):
                 continue                              # a benchmark's entry, or not a run
             flat = flatten_config(config)

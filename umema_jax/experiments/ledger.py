@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from umema_jax.experiments.specs import (RECORD_FILE, RESULT_FILE, RunSpec, _bench_records, _read_json, finished,
+from umema_jax.experiments.specs import (RECORD_FILE, RESULT_FILE, RunSpec, bench_records, read_json, finished,
                                          ledger_entry, ledger_path, ledger_record_path, repo_relative, stale_keys,
                                          workdir)
 
@@ -16,7 +16,7 @@ def _record_bench(root: str, ledger: str, spec: RunSpec) -> bool:
     if not finished(root, spec):
         return False
     entry = {"run": spec.name, "command": spec.command(""), "source": "benchmark",
-             "records": _bench_records(root, spec)}
+             "records": bench_records(root, spec)}
     if ledger_entry(ledger, spec) == entry:
         return False
     from umema_jax.train.outputs import write_json
@@ -41,7 +41,7 @@ def record(root: str, ledger: str, spec: RunSpec) -> bool:
     if os.path.isabs(shown):           # a root outside the checkout is this machine's business, not the ledger's
         shown = os.path.join("runs", spec.name)
     entry = {"run": spec.name, "command": spec.command(shown), "source": "run directory",
-             **{key: _read_json(path) for key, path in paths.items()}}
+             **{key: read_json(path) for key, path in paths.items()}}
     entry["config"] = portable_config(entry["config"])
     record_src = os.path.join(wd, RECORD_FILE)
     record_dst = ledger_record_path(ledger, spec)

@@ -172,7 +172,7 @@ def stale_keys(root: str, spec: RunSpec, ledger: str = "") -> list:
     if stamp not in _STALE_CACHE:
         from umema_jax.methods import unused_config_prefixes
         from umema_jax.train.checkpoint import config_differences
-        recorded = ledger_entry(ledger, spec)["config"] if in_ledger else _read_json(path)
+        recorded = ledger_entry(ledger, spec)["config"] if in_ledger else read_json(path)
         _STALE_CACHE[stamp] = config_differences(recorded, load_config(spec).to_dict(),
                                                  unused_config_prefixes(spec.get("model.method")))
     return list(_STALE_CACHE[stamp])
@@ -186,7 +186,8 @@ def _recorded_config(root: str, spec: RunSpec, ledger: str) -> tuple[str, bool]:
     return ledger_path(ledger, spec), True
 
 
-def _read_json(path: str):
+def read_json(path: str):
+    """A JSON file's content (run configs, results, ledger entries)."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -215,14 +216,14 @@ def load_results(root: str, spec: RunSpec, ledger: str = "") -> dict | None:
     or stale."""
     if spec.kind == "bench":
         if finished(root, spec):
-            return {"records": _bench_records(root, spec)}
+            return {"records": bench_records(root, spec)}
         entry = ledger_entry(ledger, spec)
         return None if entry is None else {"records": entry["records"]}
     if stale_keys(root, spec, ledger):
         return None
     path = os.path.join(workdir(root, spec), RESULT_FILE)
     if os.path.isfile(path):
-        return _read_json(path)
+        return read_json(path)
     entry = ledger_entry(ledger, spec)
     return None if entry is None else entry["results"]
 
@@ -254,7 +255,8 @@ def ledger_entry(ledger: str, spec: RunSpec) -> dict | None:
     return entry
 
 
-def _bench_records(root: str, spec: RunSpec) -> list:
+def bench_records(root: str, spec: RunSpec) -> list:
+    """A finished benchmark run's JSON lines."""
     with open(os.path.join(workdir(root, spec), BENCH_FILE), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
