@@ -25,7 +25,8 @@ ROWS = (("LoRA", P.LORA, "test", "maxprob", 1),
         (P.OURS.label, P.OURS, "test", "u_bar", 1),
         (f"{P.OURS.label} + post-hoc TS", P.OURS, "test_posthoc_ts", "u_bar", 1),
         (f"{P.OURS.label} + last-layer Laplace", P.OURS, "test_laplace", "laplace_variance", 1),
-        (P.OURS_ERROR_U.label, P.OURS_ERROR_U, "test", "u_bar", 1))
+        (P.OURS_ERROR_U.label, P.OURS_ERROR_U, "test", "u_bar", 1),
+        (P.OURS_ERROR_U_LIGHT.label, P.OURS_ERROR_U_LIGHT, "test", "u_bar", 1))
 METRICS = (("Acc / F1", "{primary}"), ("ECE", "ece"), ("NLL", "nll"), ("Brier", "brier"),
            ("AUROC max-p", "auroc_error_maxprob"), ("AUROC own", "auroc_error_{score}"),
            ("AURC own", "aurc_{score}"), ("PRR own", "prr_{score}"))
