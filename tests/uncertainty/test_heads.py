@@ -175,3 +175,36 @@ def test_mc_dropout_without_dropout_is_the_deterministic_model():
     plain = np.asarray(jax.nn.softmax(model.apply(v, batch).logits))
     np.testing.assert_allclose(np.asarray(out["probs"]), plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(out["aux"]["mutual_information"]), 0.0, atol=1e-5)
+
+
+def test_a_config_defining_a_head_gets_the_one_line_error_for_a_mistyped_key(tmp_path):
+    """launch.py executes the config file a second time to name the unknown key; the head it registers
+    again must not turn that into a traceback."""
+    config = tmp_path / "toy_head.py"
+    config.write_text(TOY_CONFIG.format(repo=REPO))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "launch.py", f"--config={config}", "--config.model.toy.hiden=3",
+                           f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unknown config key 'config.model.toy.hiden'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_registering_the_same_head_definition_again_replaces_it_and_another_is_refused(tmp_path):
+    source = textwrap.dedent('''
+        import dataclasses
+        from typing import ClassVar
+        from umema_jax.uncertainty.heads import Head, register_head
+
+        @register_head
+        @dataclasses.dataclass(frozen=True)
+        class Twice(Head):
+            name: ClassVar[str] = "registered_twice"
+    ''')
+    try:
+        for _ in range(2):                                    # the same file executed twice
+            exec(compile(source, str(tmp_path / "a.py"), "exec"), {"__file__": str(tmp_path / "a.py")})
+        with pytest.raises(ValueError, match="already registered"):
+            exec(compile(source, str(tmp_path / "b.py"), "exec"), {"__file__": str(tmp_path / "b.py")})
+    finally:
+        HEADS.pop("registered_twice", None)

@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 import jax
 from flax import struct
 
+from umema_jax import registries
+
 
 @struct.dataclass
 class HeadOutput:
@@ -89,11 +91,8 @@ HEADS: dict[str, type[Head]] = {}
 
 
 def register_head(cls: type[Head]) -> type[Head]:
-    """Class decorator: makes `model.uncertainty=<cls.name>` select `cls`."""
-    if not cls.name or cls.name in HEADS:
-        raise ValueError(f"uncertainty head name {cls.name!r} is empty or already registered")
-    HEADS[cls.name] = cls
-    return cls
+    """Class decorator: makes `model.uncertainty=<cls.name>` select `cls` (`registries.add`)."""
+    return registries.add(HEADS, cls, "uncertainty head")
 
 
 def get_head(name: str) -> type[Head]:
