@@ -101,3 +101,15 @@ def test_paired_bootstrap_finds_a_planted_accuracy_gap_and_covers_zero_without_o
     assert covered >= 88                             # 95 % less 3 binomial SE (2.2 each)
     with pytest.raises(ValueError, match="same examples"):
         stats.paired_bootstrap(stats.correct_fraction, a, a.subset(np.arange(10)))
+
+
+def test_a_claim_with_few_comparisons_prints_each_effect_and_interval():
+    comps = [{"dataset": "SemEval", "size": "n=1000", "vs": "LoRA", "verdict": V.CANNOT_TELL, "p": 0.288,
+              "effect": 0.0077, "ci": [-0.0097, 0.025], "detail": "+0.77 [-0.97, +2.50], p 0.288, 5 paired seeds"},
+             {"dataset": "SemEval", "size": "n=200", "better": "0.1", "worse": "0.3", "verdict": V.NOT_COMPUTED,
+              "p": None, "detail": "missing"}]
+    verdict, detail = V.combine(comps)
+    assert verdict == V.CANNOT_TELL
+    assert detail.endswith(": SemEval, n=1000, vs LoRA: +0.77 [-0.97, +2.50], p 0.288, 5 paired seeds")
+    many = [dict(comps[0]) for _ in range(V.LISTED + 1)]
+    assert "5 paired seeds" not in V.combine(many)[1]

@@ -569,6 +569,14 @@ def test_readme_blocks_show_the_runners_tables_and_verdicts(tmp_path):
     sidecar.write_text(json.dumps(side))
     pipeline.sync_readme(ctx.out, "cpu", str(readme))
     assert "66.66" in readme.read_text() and "ffffffffffff" in readme.read_text()
+    # a target's plot lies beside its tables: the block points there from the page's own folder
+    side["summary_markdown"] += "\n![fig](fig.png)\n"
+    sidecar.write_text(json.dumps(side))
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "RESULTS.md"
+    page.write_text("<!-- experiments:cpu/table5 -->\n<!-- /experiments -->\n")
+    pipeline.sync_readme(ctx.out, "cpu", str(page))
+    assert "![fig](../out/fig.png)" in page.read_text()
 
 
 def test_compact_tables_leave_out_what_has_no_value():

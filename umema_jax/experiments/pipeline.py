@@ -129,6 +129,7 @@ README_BLOCK = re.compile(r"(<!-- experiments:(?P<profile>[\w-]+)/(?P<target>\w+
 
 
 _COMMIT = re.compile(r" at commit `[^`]*`")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)/]+)\)")
 
 
 def sync_readme(out_dir: str, profile: str, readme: str) -> list:
@@ -151,7 +152,10 @@ def sync_readme(out_dir: str, profile: str, readme: str) -> list:
             return m.group(0)
         done.append(m["target"])
         rel = os.path.relpath(os.path.join(out_dir, f"{m['target']}.md"), os.path.dirname(os.path.abspath(readme)))
-        block = (m.group(1) + side["summary_markdown"].rstrip() + "\n\n"
+        here = os.path.dirname(os.path.abspath(readme))
+        summary = _IMAGE.sub(lambda i: f"![{i[1]}]({os.path.relpath(os.path.join(out_dir, i[2]), here)})",
+                             side["summary_markdown"])      # a target's plots lie beside its tables
+        block = (m.group(1) + summary.rstrip() + "\n\n"
                  + f"(`{side['command']}` at commit `{side['commit'][:12]}`; the full output with the deviations "
                    f"from the paper: [{rel}]({rel}))\n" + m.group(5))
         # same tables, only a newer commit: keep the block (a render alone must not churn the README)

@@ -3,7 +3,6 @@ their t intervals, a paired bootstrap over test examples beside them (from the p
 and Holm's correction across the comparisons of one claim."""
 from __future__ import annotations
 
-import math
 
 from umema_jax.experiments import stats
 from umema_jax.experiments.aggregate import UNRECORDED, CellResult, calibrated, fmt, load_record
@@ -60,6 +59,19 @@ def comparison(res: "stats.PairedResult", detail: str) -> dict:
             "n_seeds": res.n}
 
 
+LISTED = 6                 # a claim with at most this many computed comparisons prints each one
+_STAT_KEYS = {"verdict", "detail", "effect", "ci", "p", "p_holm", "n_seeds", "bootstrap"}
+
+
+def _label(comp: dict) -> str:
+    """'SemEval n=1000, Ours vs LoRA: ' from a comparison's labels (those `compare` did not add)."""
+    names = {k: v for k, v in comp.items() if k not in _STAT_KEYS and not isinstance(v, (list, dict))}
+    pair = (f"{names.pop('better')} vs {names.pop('worse')}" if {"better", "worse"} <= names.keys()
+            else f"vs {names.pop('vs')}" if "vs" in names else "")
+    parts = [str(v) for v in names.values()] + ([pair] if pair else [])
+    return ", ".join(parts) + ": " if parts else ""
+
+
 def combine(comps: list, mode: str = "every") -> tuple[str, str]:
     """Comparisons (`compare`'s dicts, possibly with labels added) -> one claim verdict.
 
@@ -76,8 +88,8 @@ def combine(comps: list, mode: str = "every") -> tuple[str, str]:
     computed = total - counts[NOT_COMPUTED]
     detail = (f"{counts[SUPPORTS]} support, {counts[CONTRADICTS]} contradict, {counts[CANNOT_TELL]} cannot tell, "
               f"{counts[NOT_COMPUTED]} not computed, of {total} comparisons")
-    if len(testable) == 1 and math.isfinite(testable[0]["ci"][0]):
-        detail += f" ({testable[0]['detail']})"
+    if 0 < len(testable) <= LISTED:                       # few enough to show each effect and interval
+        detail += ": " + "; ".join(f"{_label(c)}{c['detail']}" for c in testable)
     if not computed:
         return NOT_COMPUTED, detail
     if mode == "every":

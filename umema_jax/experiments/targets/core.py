@@ -145,7 +145,9 @@ def best_claim(results, cid, text, ours_label, datasets, mode="every", higher=Tr
 
 
 def one_seed_note(comps) -> str:
-    return "; 1 seed per cell: no noise estimate" if any(c["detail"].startswith("1 seed") for c in comps) else ""
+    single = sum(1 for c in comps if c["detail"].startswith("1 seed"))
+    computed = sum(1 for c in comps if c.get("p") is not None)
+    return f"; {single} of {computed} computed comparisons have 1 seed (no noise estimate)" if single else ""
 
 
 def pair_claim(results, cid, text, better, worse, mode="every", higher=True, metric=None):
