@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "smollm2-135m"        # built-in GGUF; `gpt2`, a hub id or a local path also work
     c.model.init_from_scratch = False    # True: random weights (smoke tests, tiny configs)
-    c.model.method = "lora"              # lora | lora+um | lora+ema | full | full_ft | lisa | splitlora | flora
+    c.model.method = "lora"              # lora | lora+um | lora+ema | full | full_ft | lisa | splitlora | milora | flora | alora
     c.model.pooling = "last"             # last | mean (sequence classification summary)
     c.model.dtype = "float32"            # compute dtype: float32 | bfloat16
     c.model.frozen_param_dtype = "float32"  # storage dtype of the frozen backbone (bfloat16 halves it)

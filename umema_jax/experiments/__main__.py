@@ -1,7 +1,7 @@
 """python -m umema_jax.experiments TARGET [TARGET ...] --profile=smoke|cpu|paper [--dry_run] [--max_hours=H]
                                   [--only=dataset=semeval,size=1000,seed=0,seed=1]
 
-TARGET: lr_select, table1 ... table7, fig4 ... fig7, or all. Runs not finished are run (half-finished
+TARGET: lr_select, table1 ... table7, fig4 ... fig7, uncertainty, or all. Runs not finished are run (half-finished
 ones resumed), then every target's table / figure is written to --out with a JSON sidecar.
 `--dry_run` prints the run list with estimated time and memory on this machine and runs nothing;
 `--aggregate_only` rebuilds the outputs from the runs that exist.
@@ -32,7 +32,7 @@ def main(argv) -> None:
     from umema_jax.experiments.pipeline import run_targets
     names = argv[1:]
     if not names:
-        raise app.UsageError("name a target: lr_select, table1..table7, fig4..fig7 or all")
+        raise app.UsageError("name a target: lr_select, table1..table7, fig4..fig7, uncertainty or all")
     try:
         summary = run_targets(names, _PROFILE.value, _ROOT.value, _OUT.value, isolation=_ISOLATION.value,
                               max_hours=_MAX_HOURS.value, retry_failed=_RETRY.value, dry_run=_DRY.value,

@@ -43,7 +43,7 @@ def row(method: str, overrides: tuple = (), label: str = "") -> Row:
 
 LORA = row("lora")
 # The UM temperature reads the unit direction of M_U (docs/METHOD.md deviation 13; the config default):
-# with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (the stability study, docs/NOTES.md).
+# with the raw M_U, T is pinned at its bound by step 30 and seed 2 of `full` collapsed at lr 5e-3 (the stability study, docs/METHOD.md).
 # Spelled out so these runs are keyed apart from the raw-input runs made before the default changed.
 STABLE_UM = (("model.um.temperature_input", "unit"),)
 UM = row("lora+um", STABLE_UM)

@@ -49,7 +49,7 @@ def retrieval_scores(bank: Bank, query: jax.Array, tau: jax.Array, retrieval: st
 
     'dot' (docs/METHOD.md as written): `q K^T / (sqrt(d) τ)`. Its sharpness grows with
     the query norm, which the optimizer can raise without bound until retrieval
-    is one-hot and passes no gradient (the stability study, docs/NOTES.md). 'cosine': `scale · cos(q, K_j) / τ`,
+    is one-hot and passes no gradient (the stability study, docs/METHOD.md). 'cosine': `scale · cos(q, K_j) / τ`,
     invariant to the query's and keys' norms, so the sharpness is fixed by
     `scale` (max weight ratio e^{2·scale/τ}).
     """

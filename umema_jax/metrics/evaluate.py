@@ -26,7 +26,7 @@ def _calibration_block(probs, labels, n_bins: int) -> dict:
 
 def uncertainty_quality(probs, labels, aux: dict | None = None) -> dict:
     """How well each exported uncertainty tells errors from correct predictions, next to max-probability's
-    (the stability study, docs/NOTES.md): error-detection AUROC (`auroc_error_<score>`, 0.5 = chance),
+    (the stability study, docs/METHOD.md): error-detection AUROC (`auroc_error_<score>`, 0.5 = chance),
     the area under the risk-coverage curve (`aurc_<score>`, lower is better) and the prediction-rejection
     ratio (`prr_<score>`, lm-polygraph's normalisation: 0 random, 1 oracle).
 

@@ -38,12 +38,12 @@ class UMConfig(Head):
       0.018, so T starts just above 1 (raw logits are what equals LoRA at
       step 0, see model.py).
     temperature_max: soft upper bound of T (`calibration_temperature`); 0 =
-      unbounded, docs/METHOD.md as written, which collapses (the stability study, docs/NOTES.md).
+      unbounded, docs/METHOD.md as written, which collapses (the stability study, docs/METHOD.md).
     temperature_input: what `w_T` reads: 'raw' `M_U` (docs/METHOD.md) or its
       'unit'-norm direction. Adam moves `w_T·M_U` by up to lr·‖M_U‖₁ per step,
       so on the raw `M_U` T reached the bound within 30 steps at lr 5e-3 and
       the saturated tanh then passed no gradient to T, κ or ū; with T pinned
-      at 3, `full` collapsed to the label prior in seed 2 (the stability study, docs/NOTES.md). 'unit'
+      at 3, `full` collapsed to the label prior in seed 2 (the stability study, docs/METHOD.md). 'unit'
       is the default (docs/METHOD.md, deviation 13).
     error_weight: 0 = the paper's objective. > 0 adds error_weight · (1 − corr(ū, 1 − p_y)) per batch
       (p_y: the model's probability of the gold label, not differentiated): nothing in the paper's
@@ -168,7 +168,7 @@ def calibration_temperature(base_logit: jax.Array, kappa: jax.Array, u_bar: jax.
     equal to the unbounded form to first order near T = 1 and below t_max always.
     Unbounded, raising T while the head scales its raw logits up is a free
     direction of the loss: T drifted to 20 and shrank every input-dependent
-    gradient 20-fold (the stability study, docs/NOTES.md).
+    gradient 20-fold (the stability study, docs/METHOD.md).
     """
     s = jax.nn.softplus(base_logit) + jax.nn.softplus(kappa) * u_bar
     if t_max and t_max > 1.0:

@@ -100,7 +100,9 @@ def table2_render(ctx: Context, results: list) -> None:
             setups.append({"backbone": b.label, "dataset": d, "config_file": setup.config_file,
                            "values": dict(zip(keys, vals))})
             body.append("| " + " | ".join([b.label, DATASET_LABEL[d], setup.config_file] + vals) + " |")
-    body += ["", f"Sizes {list(p.sizes)}, seeds {list(p.seeds)}; missing rates {list(p.missing_rates)}.", "",
+    central = (f" ({list(p.central_seeds)} for the central comparison, LoRA against Ours on SemEval at "
+               f"n = {p.selection_size})" if p.central_seeds else "")
+    body += ["", f"Sizes {list(p.sizes)}, seeds {list(p.seeds)}{central}; missing rates {list(p.missing_rates)}.", "",
              "### Learning rates", "",
              f"Grid (adapter family): {list(p.lr_grid)}; full-weight family: {list(p.full_weight_lr_grid)}. "
              f"Selection cell: SemEval, n = {p.selection_size}, seed 0, dev primary metric of the LoRA baseline "
