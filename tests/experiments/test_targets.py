@@ -736,3 +736,15 @@ def test_steeper_drop_claim_pairs_per_seed_slopes_over_seeds():
                                        "PLONER", "SemEval")
     assert one_seed["verdict"] == V.CANNOT_TELL and "1 seed" in one_seed["detail"]
     assert figures._steeper_claim([point("SemEval", 0.0, clean)], "PLONER", "SemEval")["verdict"] == V.NOT_COMPUTED
+
+
+def test_the_estimate_counts_a_sampling_heads_forward_passes():
+    """MC dropout evaluates dev every epoch, and test, with `samples` passes: the estimate says so."""
+    from umema_jax.experiments import estimate as E
+    base = (("data.name", "semeval"), ("data.train_size", 1000), ("model.method", "lora+um"),
+            ("model.name", "smollm2-135m"), ("train.epochs", 10))
+    um = S.RunSpec("configs/semeval.py", base)
+    mc = S.RunSpec("configs/semeval.py", base + (("model.mc_dropout.samples", 8), ("model.uncertainty", "mc_dropout")))
+    assert E.eval_samples(um) == 1 and E.eval_samples(mc) == 8
+    setup = P.get_profile("cpu").datasets["semeval"]
+    assert E.run_time_s(mc, setup, 0.0) > 1.5 * E.run_time_s(um, setup, 0.0)

@@ -92,8 +92,27 @@ def run_time_s(spec: S.RunSpec, setup, overhead_s: float) -> float:
     dev_n = int(g("data.dev_size", 0)) or (setup.dev_n if setup else 500)
     test_n = int(g("data.test_size", 0)) or (setup.test_n if setup else 1000)
     per_example = flops(name, seq, seq, False) / m["eval"]
-    t_eval = (epochs * dev_n + dev_n + test_n) * per_example
+    samples = eval_samples(spec)
+    t_eval = (epochs * dev_n + dev_n + test_n) * per_example * samples
+    if samples > 1:                       # the post-hoc calibrators' own deterministic dev and test pass
+        t_eval += (dev_n + test_n) * per_example
     return overhead_s + t_train + t_eval + hints["extra_forward_examples"] * per_example
+
+
+def eval_samples(spec: S.RunSpec) -> int:
+    """Forward passes per evaluated example: the uncertainty head's `eval_samples()` (MC dropout's
+    `samples`), built from the spec's `model.<head>.*` keys over the head's defaults; 1 without one."""
+    import umema_jax.uncertainty  # noqa: F401  (registers the built-in heads)
+    from umema_jax.uncertainty.heads import HEADS
+    head = HEADS.get(str(spec.get("model.uncertainty", "um")))
+    if head is None:
+        return 1
+    prefix = f"model.{head.name}."
+    section = {k[len(prefix):]: v for k, v in spec.overrides if k.startswith(prefix) and "." not in k[len(prefix):]}
+    try:
+        return max(1, int(head.from_section(section).eval_samples()))
+    except (TypeError, ValueError):
+        return 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,12 +153,12 @@ def run_memory_gib(spec: S.RunSpec, setup) -> float | None:
 
 class Estimator:
     """Per-run estimates, rescaled by what finished runs measured: those under `root`, and the run ledger's
-    (a fresh machine has no run directories). Runs recorded on this host's CPU model are preferred: the
-    machines vary between sessions, and a wall time also says how many runs shared the cores."""
+    (a fresh machine has no run directories). Runs recorded on this host's CPU model are preferred: runs
+    may come from different machines, and a wall time also says how many runs shared the cores."""
 
     _KEYS = ("model.name", "model.method", "data.name", "data.train_size", "data.max_len", "data.dev_size",
              "data.test_size", "train.batch_size", "train.epochs", "model.frozen_param_dtype", "model.dtype",
-             "model.remat", "mesh.model", "train.trainable_regex")
+             "model.remat", "mesh.model", "train.trainable_regex", "model.uncertainty")
 
     def __init__(self, profile, root: str, ledger: str = ""):
         from umema_jax.runtime import cpu_model
@@ -186,7 +205,9 @@ class Estimator:
             if not isinstance(config, dict) or not isinstance(results, dict):
                 continue                              # a benchmark's entry, or not a run
             flat = flatten_config(config)
-            yield S.RunSpec("", tuple(sorted((k, flat[k]) for k in self._KEYS if k in flat))), results
+            head = f"model.{flat.get('model.uncertainty')}."          # the head's keys (`eval_samples`)
+            yield S.RunSpec("", tuple(sorted((k, v) for k, v in flat.items()
+                                             if k in self._KEYS or k.startswith(head)))), results
 
     def time_s(self, spec: S.RunSpec) -> float:
         setup = self.profile.datasets.get(str(spec.get("data.name")))
