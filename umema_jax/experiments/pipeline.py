@@ -151,8 +151,8 @@ def sync_readme(out_dir: str, profile: str, readme: str) -> list:
         if "summary_markdown" not in side:
             return m.group(0)
         done.append(m["target"])
-        rel = os.path.relpath(os.path.join(out_dir, f"{m['target']}.md"), os.path.dirname(os.path.abspath(readme)))
         here = os.path.dirname(os.path.abspath(readme))
+        rel = os.path.relpath(os.path.join(out_dir, f"{m['target']}.md"), here)
         summary = _IMAGE.sub(lambda i: f"![{i[1]}]({os.path.relpath(os.path.join(out_dir, i[2]), here)})",
                              side["summary_markdown"])      # a target's plots lie beside its tables
         block = (m.group(1) + summary.rstrip() + "\n\n"

@@ -3,7 +3,6 @@ their t intervals, a paired bootstrap over test examples beside them (from the p
 and Holm's correction across the comparisons of one claim."""
 from __future__ import annotations
 
-
 from umema_jax.experiments import stats
 from umema_jax.experiments.aggregate import UNRECORDED, CellResult, calibrated, fmt, load_record
 

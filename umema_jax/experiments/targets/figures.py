@@ -82,6 +82,19 @@ def _curves_png(ctx, results, name, xlabel, logx):
     fig.savefig(os.path.join(ctx.out, f"{name}.png"), dpi=110)
 
 
+def _gapped_verdict(comps, partial, none_computed: str, partial_label: str) -> tuple[str, str]:
+    """`verdicts.combine` for a curve claim whose lines may still miss points: such a line can refute the
+    claim but never support it; the lines with gaps are named after `partial_label`."""
+    verdict, detail = V.combine(comps)
+    if partial and verdict == V.SUPPORTS:
+        verdict = V.CANNOT_TELL
+    if not comps:
+        verdict, detail = V.NOT_COMPUTED, none_computed
+    if partial:
+        detail += f"; {partial_label}: {', '.join(partial)}"
+    return verdict, detail
+
+
 def _ordered_claim(results, cid, text, pairs):
     """A curve-shape claim by the project's rule: on each line (dataset, backbone, method, size), the
     computed points `pairs(xs)` names as (better x, worse x) are compared paired over seeds
@@ -104,13 +117,7 @@ def _ordered_claim(results, cid, text, pairs):
         for hi, lo in chosen:
             comps.append({"dataset": dataset, "backbone": backbone, "method": method, "size": size,
                           "better": hi, "worse": lo, **V.compare(points[hi], points[lo])})
-    verdict, detail = V.combine(comps)
-    if partial and verdict == V.SUPPORTS:
-        verdict = V.CANNOT_TELL
-    if not comps:
-        verdict, detail = V.NOT_COMPUTED, "no line has two computed points"
-    if partial:
-        detail += f"; points computed per line: {', '.join(partial)}"
+    verdict, detail = _gapped_verdict(comps, partial, "no line has two computed points", "points computed per line")
     if unjudged:
         detail += f"; not judged on this grid: {', '.join(unjudged)}"
     return V.claim(cid, text, verdict, detail + one_seed_note(comps), comps)
@@ -149,13 +156,8 @@ def _steeper_claim(results, steep: str, flat: str, cid: str = "C13b"):
                   if res.interval else f"1 seed: {res.mean:+.3f} per unit rate (no interval)")
         comps.append({"backbone": backbone, "method": method, "size": size, "rates": [lo, hi],
                       **V.comparison(res, f"{detail} ({method} {size}, rates {lo}–{hi})")})
-    verdict, detail = V.combine(comps)
-    if partial and verdict == V.SUPPORTS:
-        verdict = V.CANNOT_TELL
-    if not comps:
-        verdict, detail = V.NOT_COMPUTED, f"no line has two rates computed on both {steep} and {flat}"
-    if partial:
-        detail += f"; lines with points still missing: {', '.join(partial)}"
+    verdict, detail = _gapped_verdict(comps, partial, f"no line has two rates computed on both {steep} and {flat}",
+                                      "lines with points still missing")
     return V.claim(cid, f"{steep} drops faster than {flat} (paper §4.6)", verdict, detail + one_seed_note(comps), comps)
 
 
